@@ -1,0 +1,610 @@
+//! The [`Behaviour`]: a bytesandbrains `Node` as a libp2p `NetworkBehaviour`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::task::{Context, Poll};
+
+use bb_runtime::engine::{Engine, EngineStep};
+use bb_runtime::envelope::WireEnvelope;
+use bb_runtime::ingress::IngressEvent;
+use bb_runtime::node::Node;
+use libp2p::core::transport::PortUse;
+use libp2p::core::Endpoint;
+use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm,
+};
+use libp2p::{Multiaddr, PeerId};
+use prost::Message;
+
+use crate::clock::Clock;
+use crate::codec::{self, Ack, Codec, Request, MAX_DETAIL_BYTES, PROTOCOL_NAME};
+use crate::event::{Event, RejectKind, Rejection, SendFailure};
+use crate::peer::{p2p_address, peer_of_address, to_engine_peer, to_libp2p_peer};
+use crate::sites::Sites;
+use crate::Config;
+
+/// Engine poll cycles run back to back before `poll` yields to the rest of
+/// the swarm (and schedules itself again).
+const ENGINE_CYCLES_PER_POLL: usize = 32;
+
+/// Runs a bytesandbrains [`Node`] over libp2p.
+///
+/// Every envelope the engine yields (`EngineStep::SendEnvelope`) becomes a
+/// request on [`PROTOCOL_NAME`](crate::PROTOCOL_NAME) to the peer its
+/// `dest_peer_addresses` names, dialling it if needed; every envelope a peer
+/// sends is pushed into the Node's ingress as
+/// `IngressEvent::EnvelopeFrom`, attributed to the connection's
+/// authenticated `PeerId`, and acknowledged. The behaviour moves the engine's
+/// clock, keeps every connected peer resolvable by the engine's `wire.Send`,
+/// and bridges the engine's cross-Node data plane (see [`crate::sites`]).
+///
+/// The Node is `!Send`, so this behaviour and its swarm are too: run the
+/// swarm on one task (a current-thread runtime, a `LocalSet`, or
+/// `futures::executor::block_on`).
+pub struct Behaviour {
+    inner: request_response::Behaviour<Codec>,
+    node: Node,
+    local_peer: Option<PeerId>,
+    sites: Sites,
+    clock: Clock,
+    emit_op_steps: bool,
+    max_envelope_bytes: usize,
+    /// Outbound envelopes awaiting their acknowledgement: peer, wire_req_id.
+    in_flight: HashMap<OutboundRequestId, (PeerId, u64)>,
+    /// Peers whose `/p2p/<peer>` AddressBook entry this behaviour holds a
+    /// reference on.
+    resolvable: HashSet<PeerId>,
+    /// Steps the Node produced outside `poll` (bootstrap).
+    early_steps: VecDeque<EngineStep>,
+    /// Send failures the engine has not taken yet (its ingress was full).
+    /// At most one per envelope ever sent.
+    engine_backlog: VecDeque<IngressEvent>,
+    /// Events for the swarm; drained before the engine is polled again, so
+    /// it holds at most one engine cycle's worth.
+    events: VecDeque<Event>,
+    /// The engine may have new deadlines: recompute the clock's timer.
+    clock_dirty: bool,
+}
+
+impl Behaviour {
+    /// Wraps `node`, as returned by `bytesandbrains::install` with the
+    /// engine `PeerId` of the swarm's key (see [`to_engine_peer`]).
+    ///
+    /// Runs the Node's bootstrap if it has not run, stamps the data-plane
+    /// routing the engine leaves out (see [`crate::sites`]), and adds
+    /// `/p2p/<local peer>` to the Node's local addresses. Nothing else needs
+    /// calling: add the behaviour to a swarm and poll the swarm.
+    pub fn new(mut node: Node, config: Config) -> Self {
+        let mut early_steps = VecDeque::new();
+        let mut events = VecDeque::new();
+        let local_peer = match to_libp2p_peer(&node.peer_id()) {
+            Ok(peer) => {
+                if let Err(e) = node.add_local_address(p2p_address(&peer)) {
+                    tracing::warn!(%peer, "could not add the local /p2p address: {e:?}");
+                }
+                Some(peer)
+            }
+            Err(e) => {
+                tracing::warn!("the Node's PeerId is not the swarm's: {e}");
+                None
+            }
+        };
+        let sites = Sites::bridge(&mut node);
+        match node.run_bootstrap(&[]) {
+            Ok(steps) => early_steps.extend(steps),
+            Err(error) => events.push_back(Event::BootstrapFailed(error)),
+        }
+        let max_envelope_bytes = config
+            .max_envelope_bytes()
+            .unwrap_or(node.config().envelope_caps.max_total_bytes);
+        let inner = request_response::Behaviour::with_codec(
+            Codec::new(node.config().envelope_caps, max_envelope_bytes),
+            [(PROTOCOL_NAME, ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(config.request_timeout())
+                .with_max_concurrent_streams(config.max_concurrent_streams()),
+        );
+        let clock = Clock::new(node.engine_install_handle());
+        Self {
+            inner,
+            node,
+            local_peer,
+            sites,
+            clock,
+            emit_op_steps: config.op_steps(),
+            max_envelope_bytes,
+            in_flight: HashMap::new(),
+            resolvable: HashSet::new(),
+            early_steps,
+            engine_backlog: VecDeque::new(),
+            events,
+            clock_dirty: true,
+        }
+    }
+
+    /// The Node.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The Node, to invoke Modules, deliver events, block peers. Work pushed
+    /// through it wakes the swarm's task; no further call is needed.
+    pub fn node_mut(&mut self) -> &mut Node {
+        self.clock_dirty = true;
+        &mut self.node
+    }
+
+    /// Outbound envelopes that have neither been acknowledged nor failed.
+    pub fn envelopes_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    fn engine(&mut self) -> &mut Engine {
+        self.node.engine_install_handle()
+    }
+
+    fn on_step(&mut self, step: EngineStep) {
+        match step {
+            EngineStep::SendEnvelope(envelope) => self.send(envelope),
+            EngineStep::AppEvent {
+                module_name,
+                topic,
+                value_bytes,
+            } => self.events.push_back(Event::AppEvent {
+                module_name,
+                topic,
+                value_bytes,
+            }),
+            EngineStep::OpCompleted { .. } | EngineStep::AsyncSuspended { .. }
+                if !self.emit_op_steps => {}
+            step => self.events.push_back(Event::Engine(step)),
+        }
+    }
+
+    fn send(&mut self, mut envelope: WireEnvelope) {
+        self.sites.outbound(&mut envelope);
+        let wire_req_id = envelope.correlation.as_ref().map_or(0, |c| c.wire_req_id);
+        let Some(peer) = envelope
+            .dest_peer_addresses
+            .iter()
+            .find_map(|a| peer_of_address(a))
+        else {
+            return self.fail(None, wire_req_id, None, SendFailure::NoDestination);
+        };
+        if Some(peer) == self.local_peer {
+            return self.deliver_locally(peer, wire_req_id, envelope);
+        }
+        let size = envelope.encoded_len();
+        if size > self.max_envelope_bytes {
+            let cap = self.max_envelope_bytes;
+            return self.fail(
+                Some(peer),
+                wire_req_id,
+                None,
+                SendFailure::Oversize { size, cap },
+            );
+        }
+        if wire_req_id != 0 {
+            let engine = self.node.engine_install_handle();
+            self.clock.track_wire_request(engine, wire_req_id);
+        }
+        tracing::debug!(%peer, wire_req_id, size, "sending envelope");
+        let request_id = self.inner.send_request(&peer, Request::Envelope(envelope));
+        self.in_flight.insert(request_id, (peer, wire_req_id));
+    }
+
+    /// An envelope to this Node's own PeerId (a class that sends to its other
+    /// instances may include itself) goes straight to the ingress.
+    fn deliver_locally(&mut self, peer: PeerId, wire_req_id: u64, mut envelope: WireEnvelope) {
+        self.sites.inbound(&mut envelope);
+        let event = IngressEvent::EnvelopeFrom {
+            src_peer: to_engine_peer(&peer),
+            envelope,
+            src_observed_address: Some(p2p_address(&peer)),
+        };
+        if self.node.ingress_handle().push(event).is_err() {
+            let rejection = self.busy();
+            self.fail(
+                Some(peer),
+                wire_req_id,
+                None,
+                SendFailure::Rejected(rejection),
+            );
+        }
+    }
+
+    fn busy(&self) -> Rejection {
+        let ingress = self.node.ingress_handle();
+        Rejection::new(
+            RejectKind::Busy,
+            format!(
+                "engine ingress full ({} of {} events)",
+                ingress.len(),
+                ingress.capacity()
+            ),
+        )
+    }
+
+    fn fail(
+        &mut self,
+        peer: Option<PeerId>,
+        wire_req_id: u64,
+        request_id: Option<OutboundRequestId>,
+        reason: SendFailure,
+    ) {
+        tracing::debug!(?peer, wire_req_id, %reason, "envelope not delivered");
+        self.to_engine(IngressEvent::SendFailed {
+            wire_req_id,
+            peer: peer.map(|p| p.to_bytes()).unwrap_or_default(),
+            reason: reason.label(),
+        });
+        self.events.push_back(Event::SendFailed {
+            peer,
+            wire_req_id,
+            request_id,
+            reason,
+        });
+    }
+
+    /// Pushes an event the engine must not miss, keeping order behind any
+    /// that are still waiting for room.
+    fn to_engine(&mut self, event: IngressEvent) {
+        self.clock_dirty = true;
+        if self.engine_backlog.is_empty() {
+            if let Err(event) = self.node.ingress_handle().push(event) {
+                self.engine_backlog.push_back(event);
+            }
+        } else {
+            self.engine_backlog.push_back(event);
+        }
+    }
+
+    fn flush_engine_backlog(&mut self) {
+        let ingress = self.node.ingress_handle();
+        while let Some(event) = self.engine_backlog.pop_front() {
+            if let Err(event) = ingress.push(event) {
+                self.engine_backlog.push_front(event);
+                break;
+            }
+        }
+    }
+
+    fn on_wire_event(&mut self, event: request_response::Event<Request, Ack>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                connection_id,
+                message:
+                    request_response::Message::Request {
+                        request_id,
+                        request,
+                        channel,
+                    },
+            } => {
+                let verdict = match request {
+                    Request::Envelope(envelope) => self.accept(peer, envelope),
+                    Request::Invalid(rejection) => Err(rejection),
+                };
+                let ack = match verdict {
+                    Ok(()) => Ack {
+                        status: codec::proto::Status::Accepted as i32,
+                        ..Default::default()
+                    },
+                    Err(rejection) => {
+                        tracing::debug!(%peer, %rejection, "inbound envelope rejected");
+                        let ack = rejection_ack(&rejection);
+                        self.events.push_back(Event::InboundRejected {
+                            peer,
+                            connection_id,
+                            request_id,
+                            rejection,
+                        });
+                        ack
+                    }
+                };
+                // A closed channel means the stream already failed; the
+                // inner behaviour reports that as an InboundFailure.
+                let _ = self.inner.send_response(channel, ack);
+            }
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let Some((_, wire_req_id)) = self.in_flight.remove(&request_id) else {
+                    return;
+                };
+                match ack_verdict(&response) {
+                    Ok(()) => self.events.push_back(Event::EnvelopeAcknowledged {
+                        peer,
+                        wire_req_id,
+                        request_id,
+                    }),
+                    Err(reason) => self.fail(Some(peer), wire_req_id, Some(request_id), reason),
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                let Some((_, wire_req_id)) = self.in_flight.remove(&request_id) else {
+                    return;
+                };
+                let reason = match error {
+                    OutboundFailure::DialFailure => SendFailure::DialFailure,
+                    OutboundFailure::Timeout => SendFailure::Timeout,
+                    OutboundFailure::ConnectionClosed => SendFailure::ConnectionClosed,
+                    OutboundFailure::UnsupportedProtocols => SendFailure::UnsupportedProtocol,
+                    OutboundFailure::Io(e) => SendFailure::Io(e.to_string()),
+                };
+                self.fail(Some(peer), wire_req_id, Some(request_id), reason);
+            }
+            request_response::Event::InboundFailure {
+                peer,
+                connection_id,
+                request_id,
+                error,
+            } => {
+                let kind = match error {
+                    request_response::InboundFailure::Timeout => RejectKind::Timeout,
+                    _ => RejectKind::Stream,
+                };
+                self.events.push_back(Event::InboundRejected {
+                    peer,
+                    connection_id,
+                    request_id,
+                    rejection: Rejection::new(kind, error.to_string()),
+                });
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Hands a decoded envelope from `peer` to the engine.
+    fn accept(&mut self, peer: PeerId, mut envelope: WireEnvelope) -> Result<(), Rejection> {
+        self.sites.inbound(&mut envelope);
+        let event = IngressEvent::EnvelopeFrom {
+            // The connection's authenticated identity, never the envelope's
+            // own `src_peer_bytes` claim.
+            src_peer: to_engine_peer(&peer),
+            envelope,
+            // The engine's Address can express only `/p2p/<peer>` of the
+            // connection's remote address.
+            src_observed_address: Some(p2p_address(&peer)),
+        };
+        self.node
+            .ingress_handle()
+            .push(event)
+            .map_err(|_| self.busy())
+    }
+
+    /// Makes `peer` resolvable by the engine's `wire.Send`.
+    fn on_connected(&mut self, peer: PeerId) {
+        if self.resolvable.contains(&peer) {
+            return;
+        }
+        let engine_peer = to_engine_peer(&peer);
+        let book = &mut self.engine().framework.address_book;
+        let added = match book.lookup(engine_peer) {
+            // The engine's own entry: add the address, leave its count alone.
+            Some(_) => book
+                .register_address(engine_peer, p2p_address(&peer))
+                .map(|_| false),
+            None => book
+                .add_peer(engine_peer, vec![p2p_address(&peer)])
+                .map(|_| true),
+        };
+        match added {
+            Ok(true) => {
+                self.resolvable.insert(peer);
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(%peer, "engine AddressBook refused the peer: {e:?}"),
+        }
+    }
+
+    /// Runs the engine until it has nothing to do, or its share of this poll
+    /// is used up. `Ready` when it left events to hand out.
+    fn drive_engine(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(step) = self.early_steps.pop_front() {
+            self.on_step(step);
+            return Poll::Ready(());
+        }
+        self.flush_engine_backlog();
+        for _ in 0..ENGINE_CYCLES_PER_POLL {
+            // Consume a due timer; the cycle below acts on it.
+            let _ = self.clock.poll_due(cx);
+            let clock = &self.clock;
+            clock.advance(self.node.engine_install_handle());
+            match self.node.poll(cx) {
+                Poll::Ready(steps) => {
+                    self.clock_dirty = true;
+                    for step in steps {
+                        self.on_step(step);
+                    }
+                    if !self.events.is_empty() || !self.early_steps.is_empty() {
+                        return Poll::Ready(());
+                    }
+                }
+                Poll::Pending => {
+                    if self.clock_dirty {
+                        self.clock_dirty = false;
+                        let engine = self.node.engine_install_handle();
+                        self.clock.rearm(engine);
+                    }
+                    if self.clock.poll_due(cx).is_ready() {
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        // Busy engine: let the rest of the swarm run, then come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// The acknowledgement for a refusal.
+fn rejection_ack(rejection: &Rejection) -> Ack {
+    use codec::proto::Reason;
+    let reason = match rejection.kind {
+        RejectKind::LengthPrefix => Reason::LengthPrefix,
+        RejectKind::Oversize => Reason::Oversize,
+        RejectKind::Truncated => Reason::Truncated,
+        RejectKind::Malformed => Reason::Malformed,
+        RejectKind::CapsExceeded => Reason::CapsExceeded,
+        RejectKind::Busy => Reason::Busy,
+        RejectKind::Timeout | RejectKind::Stream | RejectKind::Unknown => Reason::None,
+    };
+    let mut detail = rejection.detail.clone();
+    if detail.len() > MAX_DETAIL_BYTES {
+        let mut end = MAX_DETAIL_BYTES;
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+    }
+    Ack {
+        status: codec::proto::Status::Rejected as i32,
+        reason: reason as i32,
+        detail,
+    }
+}
+
+/// What an acknowledgement says about the envelope.
+fn ack_verdict(ack: &Ack) -> Result<(), SendFailure> {
+    use codec::proto::{Reason, Status};
+    match Status::try_from(ack.status) {
+        Ok(Status::Accepted) => Ok(()),
+        Ok(Status::Rejected) => {
+            let kind = match Reason::try_from(ack.reason) {
+                Ok(Reason::LengthPrefix) => RejectKind::LengthPrefix,
+                Ok(Reason::Oversize) => RejectKind::Oversize,
+                Ok(Reason::Truncated) => RejectKind::Truncated,
+                Ok(Reason::Malformed) => RejectKind::Malformed,
+                Ok(Reason::CapsExceeded) => RejectKind::CapsExceeded,
+                Ok(Reason::Busy) => RejectKind::Busy,
+                Ok(Reason::None) | Err(_) => RejectKind::Unknown,
+            };
+            Err(SendFailure::Rejected(Rejection::new(
+                kind,
+                ack.detail.clone(),
+            )))
+        }
+        Ok(Status::Unspecified) | Err(_) => Err(SendFailure::Io(format!(
+            "acknowledgement with unknown status {}",
+            ack.status
+        ))),
+    }
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler =
+        <request_response::Behaviour<Codec> as NetworkBehaviour>::ConnectionHandler;
+    type ToSwarm = Event;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.inner
+            .handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner.handle_established_inbound_connection(
+            connection_id,
+            peer,
+            local_addr,
+            remote_addr,
+        )
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.inner.handle_pending_outbound_connection(
+            connection_id,
+            maybe_peer,
+            addresses,
+            effective_role,
+        )
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role_override: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner.handle_established_outbound_connection(
+            connection_id,
+            peer,
+            addr,
+            role_override,
+            port_use,
+        )
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        if let FromSwarm::ConnectionEstablished(established) = &event {
+            self.on_connected(established.peer_id);
+        }
+        self.inner.on_swarm_event(event);
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer: PeerId,
+        connection_id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        self.inner
+            .on_connection_handler_event(peer, connection_id, event);
+    }
+
+    #[tracing::instrument(level = "trace", name = "bb_libp2p::poll", skip(self, cx))]
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Poll::Ready(ToSwarm::GenerateEvent(event));
+            }
+            match self.inner.poll(cx) {
+                Poll::Ready(ToSwarm::GenerateEvent(event)) => {
+                    self.on_wire_event(event);
+                    continue;
+                }
+                Poll::Ready(action) => {
+                    return Poll::Ready(action.map_out(|_| unreachable!("matched above")));
+                }
+                Poll::Pending => {}
+            }
+            if self.drive_engine(cx).is_ready() {
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+}

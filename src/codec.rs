@@ -1,0 +1,309 @@
+//! Framing of the `/bytesandbrains/wire/1` request-response protocol.
+//!
+//! A request is one `WireEnvelope` behind an unsigned-varint length prefix
+//! (protobuf's length-delimited form); the response is one [`Ack`] framed the
+//! same way. The inbound side checks the prefix against the cap before it
+//! reads a byte of the body and grows its buffer only as bytes arrive, so a
+//! peer that claims a large size and sends little costs what it sent, not
+//! what it claimed.
+//!
+//! A frame that is wrong but complete enough to answer (bad prefix,
+//! oversize, truncated, undecodable) is not an I/O error: it becomes
+//! [`Request::Invalid`] so the behaviour can answer it with a typed
+//! rejection on the same stream.
+
+use std::io;
+
+use bb_runtime::envelope::{EnvelopeCaps, EnvelopeCodec, EnvelopeDecodeError, WireEnvelope};
+use futures::prelude::*;
+use libp2p::StreamProtocol;
+use prost::Message;
+
+use crate::event::{RejectKind, Rejection};
+
+/// The protocol name, versioned: a change to the framing or to the meaning of
+/// an acknowledgement gets a new version.
+pub const PROTOCOL_NAME: StreamProtocol = StreamProtocol::new("/bytesandbrains/wire/1");
+
+/// Largest encoded acknowledgement read from a peer. An `Ack` is a status, a
+/// reason and a detail of at most [`MAX_DETAIL_BYTES`].
+const MAX_ACK_BYTES: usize = 4 * 1024;
+
+/// Longest rejection detail put on the wire.
+pub(crate) const MAX_DETAIL_BYTES: usize = 1024;
+
+/// Longest unsigned varint accepted for a length prefix (a u64).
+const MAX_VARINT_BYTES: usize = 10;
+
+/// The protocol's own messages, generated from `proto/ack.proto`.
+pub mod proto {
+    #![allow(missing_docs, clippy::enum_variant_names)]
+    include!(concat!(env!("OUT_DIR"), "/bb_libp2p.wire.v1.rs"));
+}
+pub use proto::Ack;
+
+/// One request on the wire.
+#[derive(Debug)]
+pub enum Request {
+    /// An envelope to send, or one that was read and decoded within caps.
+    Envelope(WireEnvelope),
+    /// An inbound frame that could not become an envelope.
+    Invalid(Rejection),
+}
+
+/// The request-response codec of [`PROTOCOL_NAME`]: envelope caps for
+/// reading, nothing else. Public because it names the behaviour's connection
+/// handler; users do not need to build one.
+#[derive(Debug, Clone)]
+pub struct Codec {
+    caps: EnvelopeCaps,
+}
+
+impl Codec {
+    /// `max_envelope_bytes` replaces `caps.max_total_bytes`.
+    pub(crate) fn new(mut caps: EnvelopeCaps, max_envelope_bytes: usize) -> Self {
+        caps.max_total_bytes = max_envelope_bytes;
+        Self { caps }
+    }
+}
+
+/// How a length prefix ended.
+enum Prefix {
+    Len(u64),
+    /// The stream ended before the prefix was complete; `read` bytes of it came.
+    Eof {
+        read: usize,
+    },
+    /// More than ten bytes, or a value that does not fit a u64.
+    Invalid,
+}
+
+async fn read_prefix<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Prefix> {
+    let mut value: u64 = 0;
+    let mut byte = [0u8; 1];
+    for i in 0..MAX_VARINT_BYTES {
+        if io.read(&mut byte).await? == 0 {
+            return Ok(Prefix::Eof { read: i });
+        }
+        let low = u64::from(byte[0] & 0x7f);
+        if i == MAX_VARINT_BYTES - 1 && low > 1 {
+            return Ok(Prefix::Invalid);
+        }
+        value |= low << (7 * i);
+        if byte[0] & 0x80 == 0 {
+            return Ok(Prefix::Len(value));
+        }
+    }
+    Ok(Prefix::Invalid)
+}
+
+/// Reads a whole length-prefixed body of at most `cap` bytes.
+///
+/// `Ok(Err(_))` is a frame that is wrong in a way worth answering;
+/// `Err(_)` is a broken stream.
+async fn read_frame<T: AsyncRead + Unpin>(
+    io: &mut T,
+    cap: usize,
+) -> io::Result<Result<Vec<u8>, Rejection>> {
+    let len = match read_prefix(io).await? {
+        Prefix::Len(len) => len,
+        Prefix::Eof { read } => {
+            return Ok(Err(Rejection::new(
+                RejectKind::Truncated,
+                format!("stream ended inside the length prefix after {read} bytes"),
+            )))
+        }
+        Prefix::Invalid => {
+            return Ok(Err(Rejection::new(
+                RejectKind::LengthPrefix,
+                "length prefix is not an unsigned varint of at most 64 bits".to_string(),
+            )))
+        }
+    };
+    if len > cap as u64 {
+        return Ok(Err(Rejection::new(
+            RejectKind::Oversize,
+            format!("length prefix claims {len} bytes, cap is {cap}"),
+        )));
+    }
+    let len = len as usize;
+    // Grow with what arrives: the prefix is only a claim.
+    let mut body = Vec::new();
+    io.take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Ok(Err(Rejection::new(
+            RejectKind::Truncated,
+            format!("stream ended after {} of {len} body bytes", body.len()),
+        )));
+    }
+    Ok(Ok(body))
+}
+
+async fn write_frame<T: AsyncWrite + Unpin, M: Message>(io: &mut T, msg: &M) -> io::Result<()> {
+    // request-response closes the stream after each write.
+    io.write_all(&msg.encode_length_delimited_to_vec()).await
+}
+
+/// The rejection an envelope decode error becomes.
+pub(crate) fn decode_rejection(err: EnvelopeDecodeError) -> Rejection {
+    let kind = match err {
+        EnvelopeDecodeError::Malformed(_) => RejectKind::Malformed,
+        EnvelopeDecodeError::OversizeEnvelope { .. } => RejectKind::Oversize,
+        _ => RejectKind::CapsExceeded,
+    };
+    Rejection::new(kind, err.to_string())
+}
+
+impl libp2p::request_response::Codec for Codec {
+    type Protocol = StreamProtocol;
+    type Request = Request;
+    type Response = Ack;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Ok(match read_frame(io, self.caps.max_total_bytes).await? {
+            Ok(body) => match EnvelopeCodec::decode_capped(&body, &self.caps) {
+                Ok(envelope) => Request::Envelope(envelope),
+                Err(err) => Request::Invalid(decode_rejection(err)),
+            },
+            Err(rejection) => Request::Invalid(rejection),
+        })
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Ack>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let body = read_frame(io, MAX_ACK_BYTES).await?.map_err(|rejection| {
+            io::Error::new(io::ErrorKind::InvalidData, rejection.to_string())
+        })?;
+        Ack::decode(body.as_slice()).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("acknowledgement: {e}"))
+        })
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Request,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        match req {
+            Request::Envelope(envelope) => write_frame(io, &envelope).await,
+            Request::Invalid(rejection) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("an invalid inbound frame is never sent: {rejection}"),
+            )),
+        }
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        ack: Ack,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &ack).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+    use libp2p::request_response::Codec as _;
+
+    fn read(bytes: &[u8], cap: usize) -> Request {
+        let mut codec = Codec::new(EnvelopeCaps::default(), cap);
+        block_on(codec.read_request(&PROTOCOL_NAME, &mut futures::io::Cursor::new(bytes))).unwrap()
+    }
+
+    fn rejection(req: Request) -> Rejection {
+        match req {
+            Request::Invalid(r) => r,
+            Request::Envelope(e) => panic!("expected a rejection, decoded {e:?}"),
+        }
+    }
+
+    #[test]
+    fn envelope_round_trips() {
+        let env = WireEnvelope {
+            schema_version: 1,
+            src_peer_bytes: vec![1, 2, 3],
+            ..Default::default()
+        };
+        let mut buf = futures::io::Cursor::new(Vec::new());
+        let mut codec = Codec::new(EnvelopeCaps::default(), 1024);
+        block_on(codec.write_request(&PROTOCOL_NAME, &mut buf, Request::Envelope(env.clone())))
+            .unwrap();
+        match read(&buf.into_inner(), 1024) {
+            Request::Envelope(got) => assert_eq!(got, env),
+            Request::Invalid(r) => panic!("{r}"),
+        }
+    }
+
+    #[test]
+    fn oversize_prefix_is_refused_unread() {
+        // Prefix claims 2^40 bytes; no body follows.
+        let mut frame = Vec::new();
+        prost::encoding::encode_varint(1 << 40, &mut frame);
+        let r = rejection(read(&frame, 1024));
+        assert_eq!(r.kind, RejectKind::Oversize);
+        assert_eq!(
+            r.detail,
+            "length prefix claims 1099511627776 bytes, cap is 1024"
+        );
+    }
+
+    #[test]
+    fn truncated_body_and_prefix() {
+        let r = rejection(read(&[10, 1, 2, 3], 1024));
+        assert_eq!(
+            (r.kind, r.detail.as_str()),
+            (
+                RejectKind::Truncated,
+                "stream ended after 3 of 10 body bytes"
+            )
+        );
+        let r = rejection(read(&[0x80], 1024));
+        assert_eq!(r.kind, RejectKind::Truncated);
+        let r = rejection(read(&[], 1024));
+        assert_eq!(r.kind, RejectKind::Truncated);
+    }
+
+    #[test]
+    fn overlong_prefix_is_invalid() {
+        let r = rejection(read(&[0xff; 11], 1024));
+        assert_eq!(r.kind, RejectKind::LengthPrefix);
+        let r = rejection(read(
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
+            1024,
+        ));
+        assert_eq!(r.kind, RejectKind::LengthPrefix);
+    }
+
+    #[test]
+    fn garbage_body_is_malformed() {
+        let r = rejection(read(&[3, 0xff, 0xff, 0xff], 1024));
+        assert_eq!(r.kind, RejectKind::Malformed);
+    }
+
+    #[test]
+    fn caps_are_checked_after_decode() {
+        let env = WireEnvelope {
+            schema_version: 9,
+            ..Default::default()
+        };
+        let r = rejection(read(&env.encode_length_delimited_to_vec(), 1024));
+        assert_eq!(r.kind, RejectKind::CapsExceeded);
+        assert!(r.detail.contains("got=9"), "{}", r.detail);
+    }
+}

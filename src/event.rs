@@ -1,0 +1,204 @@
+//! What the [`Behaviour`](crate::Behaviour) reports to the swarm.
+
+use std::fmt;
+
+use bb_runtime::engine::EngineStep;
+use bb_runtime::errors::BootstrapError;
+use libp2p::request_response::{InboundRequestId, OutboundRequestId};
+use libp2p::swarm::ConnectionId;
+use libp2p::PeerId;
+
+/// An event of the [`Behaviour`](crate::Behaviour): the swarm's `ToSwarm`.
+#[derive(Debug)]
+pub enum Event {
+    /// The engine published a value on a Module output
+    /// (`EngineStep::AppEvent`).
+    AppEvent {
+        /// The Module that emitted it.
+        module_name: String,
+        /// The output (or `AppEmit` topic) name.
+        topic: String,
+        /// The value in its wire encoding; empty for a marker-only event.
+        value_bytes: Vec<u8>,
+    },
+    /// The peer acknowledged an outbound envelope: it reached the peer's
+    /// engine ingress.
+    EnvelopeAcknowledged {
+        /// The destination peer.
+        peer: PeerId,
+        /// The envelope's `WireCorrelation.wire_req_id` (0 when it had none).
+        wire_req_id: u64,
+        /// The request that carried it.
+        request_id: OutboundRequestId,
+    },
+    /// An outbound envelope was not delivered. The engine was told with
+    /// `IngressEvent::SendFailed` carrying [`SendFailure::label`].
+    SendFailed {
+        /// The destination peer, when the envelope named one libp2p can use.
+        peer: Option<PeerId>,
+        /// The envelope's `WireCorrelation.wire_req_id` (0 when it had none).
+        wire_req_id: u64,
+        /// The request that carried it; `None` when it failed before one was
+        /// opened.
+        request_id: Option<OutboundRequestId>,
+        /// Why.
+        reason: SendFailure,
+    },
+    /// An inbound envelope was refused; the peer got a rejecting
+    /// acknowledgement when the stream still allowed one.
+    InboundRejected {
+        /// The authenticated peer that sent it.
+        peer: PeerId,
+        /// The connection it came on.
+        connection_id: ConnectionId,
+        /// The inbound request.
+        request_id: InboundRequestId,
+        /// Why.
+        rejection: Rejection,
+    },
+    /// The Node's bootstrap could not run when the behaviour was created;
+    /// its body ops stay parked.
+    BootstrapFailed(BootstrapError),
+    /// Any other engine step, as the engine reported it.
+    ///
+    /// `SendEnvelope` and `AppEvent` never appear here (the behaviour ships
+    /// the first and reports the second as [`Event::AppEvent`]);
+    /// `OpCompleted` and `AsyncSuspended` only with
+    /// [`Config::with_op_steps`](crate::Config::with_op_steps).
+    Engine(EngineStep),
+}
+
+/// Why an outbound envelope was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendFailure {
+    /// The envelope's `dest_peer_addresses` named no peer libp2p can address.
+    NoDestination,
+    /// The encoded envelope is larger than the configured maximum; it was
+    /// not sent.
+    Oversize {
+        /// Encoded size in bytes.
+        size: usize,
+        /// The maximum.
+        cap: usize,
+    },
+    /// The peer was not connected and could not be dialled.
+    DialFailure,
+    /// No acknowledgement within the request timeout.
+    Timeout,
+    /// The connection closed before the acknowledgement arrived.
+    ConnectionClosed,
+    /// The peer does not speak `/bytesandbrains/wire/1`.
+    UnsupportedProtocol,
+    /// The stream failed, or the acknowledgement could not be read.
+    Io(String),
+    /// The peer read the envelope and refused it.
+    Rejected(Rejection),
+}
+
+impl SendFailure {
+    /// The stable label passed to the engine as `IngressEvent::SendFailed`'s
+    /// `reason`. The engine's own vocabulary names `"nak"` (a refusal) and
+    /// `"timeout"`; the others name the transport failure.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SendFailure::NoDestination => "no_destination",
+            SendFailure::Oversize { .. } => "oversize",
+            SendFailure::DialFailure => "dial_failure",
+            SendFailure::Timeout => "timeout",
+            SendFailure::ConnectionClosed => "connection_closed",
+            SendFailure::UnsupportedProtocol => "unsupported_protocol",
+            SendFailure::Io(_) => "io",
+            SendFailure::Rejected(_) => "nak",
+        }
+    }
+}
+
+impl fmt::Display for SendFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendFailure::NoDestination => write!(f, "envelope names no libp2p peer"),
+            SendFailure::Oversize { size, cap } => {
+                write!(f, "envelope is {size} bytes encoded, the maximum is {cap}")
+            }
+            SendFailure::DialFailure => write!(f, "could not dial the peer"),
+            SendFailure::Timeout => write!(f, "no acknowledgement within the request timeout"),
+            SendFailure::ConnectionClosed => {
+                write!(f, "connection closed before the acknowledgement")
+            }
+            SendFailure::UnsupportedProtocol => {
+                write!(f, "peer does not support {}", crate::PROTOCOL_NAME)
+            }
+            SendFailure::Io(e) => write!(f, "stream error: {e}"),
+            SendFailure::Rejected(r) => write!(f, "peer refused the envelope: {r}"),
+        }
+    }
+}
+
+impl std::error::Error for SendFailure {}
+
+/// Why an envelope was refused, as the receiver says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The kind of refusal.
+    pub kind: RejectKind,
+    /// Details: sizes, the decoder's message.
+    pub detail: String,
+}
+
+impl Rejection {
+    pub(crate) fn new(kind: RejectKind, detail: String) -> Self {
+        Self { kind, detail }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.label(), self.detail)
+    }
+}
+
+/// The kinds of refusal an acknowledgement can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectKind {
+    /// The length prefix was not a valid unsigned varint.
+    LengthPrefix,
+    /// The length prefix claimed more than the receiver's cap; the body was
+    /// not read.
+    Oversize,
+    /// The stream ended before the claimed bytes arrived.
+    Truncated,
+    /// The body is not a `WireEnvelope`.
+    Malformed,
+    /// The envelope breaks the receiver's envelope caps (fill count or size,
+    /// source addresses, schema version).
+    CapsExceeded,
+    /// The receiver's engine ingress is full.
+    Busy,
+    /// The envelope did not arrive, or could not be answered, within the
+    /// request timeout (a peer trickling bytes ends here). Never sent in an
+    /// acknowledgement.
+    Timeout,
+    /// The stream or connection failed before the envelope could be answered.
+    /// Never sent in an acknowledgement.
+    Stream,
+    /// A refusal this version does not know (a newer peer).
+    Unknown,
+}
+
+impl RejectKind {
+    /// A stable lower-case label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RejectKind::LengthPrefix => "length_prefix",
+            RejectKind::Oversize => "oversize",
+            RejectKind::Truncated => "truncated",
+            RejectKind::Malformed => "malformed",
+            RejectKind::CapsExceeded => "caps_exceeded",
+            RejectKind::Busy => "busy",
+            RejectKind::Timeout => "timeout",
+            RejectKind::Stream => "stream",
+            RejectKind::Unknown => "unknown",
+        }
+    }
+}
