@@ -1,0 +1,102 @@
+//! Test harness: `!Send` swarms on libp2p's in-memory transport, driven
+//! together on the test's one task.
+#![allow(dead_code)]
+
+use std::future::poll_fn;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::transport::MemoryTransport;
+use libp2p::core::upgrade::Version;
+use libp2p::identity::Keypair;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{plaintext, yamux, Multiaddr, Swarm, Transport};
+
+/// A swarm with `behaviour` on the memory transport (plaintext + yamux).
+pub fn memory_swarm<B: NetworkBehaviour>(key: Keypair, behaviour: B) -> Swarm<B> {
+    let peer = key.public().to_peer_id();
+    let transport = MemoryTransport::default()
+        .upgrade(Version::V1)
+        .authenticate(plaintext::Config::new(&key))
+        .multiplex(yamux::Config::default())
+        .boxed();
+    Swarm::new(
+        transport,
+        behaviour,
+        peer,
+        libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(Duration::from_secs(60)),
+    )
+}
+
+/// Listens on a fresh memory address and returns it once the swarm reports it.
+pub async fn listen<B: NetworkBehaviour>(swarm: &mut Swarm<B>) -> Multiaddr {
+    swarm.listen_on("/memory/0".parse().unwrap()).unwrap();
+    loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            return address;
+        }
+    }
+}
+
+/// Polls every swarm until `f` returns `Some` for one of their events.
+/// Panics after `timeout`, naming what it was waiting for.
+pub async fn until<B, T>(
+    swarms: &mut [&mut Swarm<B>],
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut(usize, SwarmEvent<B::ToSwarm>) -> Option<T>,
+) -> T
+where
+    B: NetworkBehaviour,
+{
+    let wait = poll_fn(|cx| {
+        for (i, swarm) in swarms.iter_mut().enumerate() {
+            while let Poll::Ready(Some(event)) = swarm.poll_next_unpin(cx) {
+                if let Some(t) = f(i, event) {
+                    return Poll::Ready(t);
+                }
+            }
+        }
+        Poll::Pending
+    });
+    match tokio::time::timeout(timeout, wait).await {
+        Ok(t) => t,
+        Err(_) => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// Polls every swarm for `duration`, handing each event to `f`.
+pub async fn run_for<B: NetworkBehaviour>(
+    swarms: &mut [&mut Swarm<B>],
+    duration: Duration,
+    mut f: impl FnMut(usize, SwarmEvent<B::ToSwarm>),
+) {
+    let wait = poll_fn(|cx| {
+        for (i, swarm) in swarms.iter_mut().enumerate() {
+            while let Poll::Ready(Some(event)) = swarm.poll_next_unpin(cx) {
+                f(i, event);
+            }
+        }
+        Poll::<()>::Pending
+    });
+    let _ = tokio::time::timeout(duration, wait).await;
+}
+
+/// Dials `b` from `a` and waits until both sides have the connection.
+pub async fn connect<B: NetworkBehaviour>(a: &mut Swarm<B>, b: &mut Swarm<B>) {
+    let addr = listen(b).await;
+    a.dial(addr).unwrap();
+    let (pa, pb) = (*a.local_peer_id(), *b.local_peer_id());
+    let mut seen = [false, false];
+    until(&mut [a, b], Duration::from_secs(10), "connection", |i, e| {
+        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = e {
+            if (i == 0 && peer_id == pb) || (i == 1 && peer_id == pa) {
+                seen[i] = true;
+            }
+        }
+        (seen[0] && seen[1]).then_some(())
+    })
+    .await;
+}
