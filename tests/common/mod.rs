@@ -90,13 +90,20 @@ pub async fn connect<B: NetworkBehaviour>(a: &mut Swarm<B>, b: &mut Swarm<B>) {
     a.dial(addr).unwrap();
     let (pa, pb) = (*a.local_peer_id(), *b.local_peer_id());
     let mut seen = [false, false];
-    until(&mut [a, b], Duration::from_secs(10), "connection", |i, e| {
-        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = e {
-            if (i == 0 && peer_id == pb) || (i == 1 && peer_id == pa) {
-                seen[i] = true;
+    until(
+        &mut [a, b],
+        Duration::from_secs(10),
+        "connection",
+        |i, e| {
+            if let SwarmEvent::ConnectionEstablished { peer_id, .. } = e {
+                if (i == 0 && peer_id == pb) || (i == 1 && peer_id == pa) {
+                    seen[i] = true;
+                }
             }
-        }
-        (seen[0] && seen[1]).then_some(())
-    })
+            (seen[0] && seen[1]).then_some(())
+        },
+    )
     .await;
 }
+
+pub mod models;

@@ -1,0 +1,146 @@
+//! Modules the tests run, and helpers to install them on Nodes with real
+//! libp2p identities.
+#![allow(dead_code)]
+
+use bb_ir::proto::onnx::{NodeProto, StringStringEntryProto};
+use bytesandbrains::atomic::DispatchResult;
+use bytesandbrains::bus::OpError;
+use bytesandbrains::framework::Address;
+use bytesandbrains::proto::onnx::ModelProto;
+use bytesandbrains::runtime::RuntimeResourceRef;
+use bytesandbrains::slot_value::SlotValue;
+use bytesandbrains::syscall::values::{BytesValue, PeerIdVecValue};
+use bytesandbrains::{Compiler, Graph, Module, Node, Output};
+use libp2p::identity::Keypair;
+
+/// A sends `x` to `peers`; the receiver outputs it as `y`.
+pub struct Ping;
+impl Module for Ping {
+    fn name(&self) -> &str {
+        "Ping"
+    }
+    fn body(&self, g: &mut Graph) {
+        let peers = g.input("peers");
+        let x = g.input("x");
+        g.net_out("port", peers, x);
+        let received = g.lookup_output("port").expect("port");
+        g.output("y", received);
+    }
+}
+
+/// An unrelated single-partition Module, installed beside the others.
+pub struct Other;
+impl Module for Other {
+    fn name(&self) -> &str {
+        "Other"
+    }
+    fn body(&self, g: &mut Graph) {
+        let a = g.input("a");
+        let b = bytesandbrains::pass_through(g, a);
+        g.output("o", b);
+    }
+}
+
+/// Replies to whoever sent the envelope being processed: the inbound
+/// envelope's sender as a one-peer list, so `wire.Send` can address it.
+fn sender_as_peers(
+    _node: &NodeProto,
+    _inputs: &[(&str, &dyn SlotValue)],
+    ctx: &mut RuntimeResourceRef<'_>,
+) -> Result<DispatchResult, OpError> {
+    let peer = ctx.current.inbound.src_peer.ok_or_else(|| OpError {
+        detail: "SenderAsPeers outside an inbound delivery".into(),
+        ..Default::default()
+    })?;
+    Ok(DispatchResult::Immediate(vec![(
+        "peers".to_string(),
+        Box::new(PeerIdVecValue(vec![peer])) as Box<dyn SlotValue>,
+    )]))
+}
+
+const TEST_DOMAIN: &str = "ai.bytesandbrains.bb_libp2p_test";
+
+bytesandbrains::register_op! {
+    domain: "ai.bytesandbrains.bb_libp2p_test",
+    op_type: "SenderAsPeers",
+    invoke: sender_as_peers,
+}
+
+/// A sends `x` to `peers` as `req`; the receiver sends it back to A as
+/// `reply`; A outputs the reply as `y`.
+pub struct RoundTrip;
+impl Module for RoundTrip {
+    fn name(&self) -> &str {
+        "RoundTrip"
+    }
+    fn body(&self, g: &mut Graph) {
+        let peers = g.input("peers");
+        let x = g.input("x");
+        g.net_out("req", peers, x);
+        let req = g.lookup_output("req").expect("req");
+        g.push_node(NodeProto {
+            op_type: "SenderAsPeers".into(),
+            domain: TEST_DOMAIN.into(),
+            // Reading `req` homes the op on the receiver and fires it on arrival.
+            input: vec![req.name.clone()],
+            // Named `dest` so wire.Send does not ship it as a fill.
+            output: vec!["dest".into()],
+            metadata_props: vec![StringStringEntryProto {
+                key: bb_ir::peer_class::PEER_CLASS_KEY.into(),
+                value: bb_ir::peer_class::SELF_CLASS.into(),
+            }],
+            ..Default::default()
+        });
+        g.declare_value_info("dest", &bb_ir::types::TYPE_PEER_ID_VEC);
+        let dest = Output::new("dest".into(), &bb_ir::types::TYPE_PEER_ID_VEC);
+        g.net_out("reply", dest, req);
+        let reply = g.lookup_output("reply").expect("reply");
+        g.output("y", reply);
+    }
+}
+
+/// Compiles `module`; returns the model and its target names in order.
+pub fn compile(module: impl Module) -> (ModelProto, Vec<String>) {
+    bytesandbrains::ops::link_force();
+    let model = Compiler::new()
+        .compile(module.build().expect("module builds"))
+        .expect("module compiles");
+    let targets = model.functions.iter().map(|f| f.name.clone()).collect();
+    (model, targets)
+}
+
+/// Both models' functions in one model, for Nodes that install both.
+pub fn merge(mut a: ModelProto, b: &ModelProto) -> ModelProto {
+    a.functions.extend(b.functions.iter().cloned());
+    for prop in &b.metadata_props {
+        if !a.metadata_props.iter().any(|p| p.key == prop.key) {
+            a.metadata_props.push(prop.clone());
+        }
+    }
+    a
+}
+
+/// Installs `targets` of `model` on a Node with the engine PeerId of `key`.
+pub fn install(key: &Keypair, model: &ModelProto, targets: &[&str]) -> Node {
+    let me = bb_libp2p::to_engine_peer(&key.public().to_peer_id());
+    bytesandbrains::install(
+        me,
+        vec![Address::empty().p2p(me)],
+        model.clone(),
+        targets,
+        bytesandbrains::Config::new(),
+    )
+    .expect("install")
+}
+
+/// The wire encoding of a bytes value, as `invoke` takes it and `AppEvent`
+/// returns it.
+pub fn bytes_value(bytes: &[u8]) -> Vec<u8> {
+    bincode::serialize(&BytesValue(bytes.to_vec())).unwrap()
+}
+
+/// The wire encoding of a peer list.
+pub fn peers_value(peers: &[libp2p::PeerId]) -> Vec<u8> {
+    let peers = peers.iter().map(bb_libp2p::to_engine_peer).collect();
+    bincode::serialize(&PeerIdVecValue(peers)).unwrap()
+}

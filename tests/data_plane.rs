@@ -1,0 +1,201 @@
+//! Values sent with `g.net_out` on one Node arrive on another, over libp2p.
+
+mod common;
+
+use std::time::Duration;
+
+use bb_libp2p::{Behaviour, Config, Event};
+use bb_runtime::engine::EngineStep;
+use common::models::{bytes_value, compile, install, merge, peers_value, Other, Ping, RoundTrip};
+use common::{connect, memory_swarm, run_for, until};
+use libp2p::identity::Keypair;
+use libp2p::swarm::SwarmEvent;
+use libp2p::Swarm;
+
+fn swarm(key: Keypair, node: bytesandbrains::Node) -> Swarm<Behaviour> {
+    memory_swarm(key, Behaviour::new(node, Config::default()))
+}
+
+/// Engine steps that mean a fill was lost.
+fn is_wire_failure(event: &SwarmEvent<Event>) -> bool {
+    matches!(
+        event,
+        SwarmEvent::Behaviour(Event::Engine(
+            EngineStep::WireDecodeFailed { .. } | EngineStep::WireReceiveFailed { .. }
+        ))
+    )
+}
+
+/// Sends `payload` from `a` (which installed Ping's sender) to `b` and
+/// returns what `b` emitted on `y`.
+async fn ping(
+    a: &mut Swarm<Behaviour>,
+    b: &mut Swarm<Behaviour>,
+    sender: &str,
+    payload: &[u8],
+) -> Vec<u8> {
+    let peers = peers_value(&[*b.local_peer_id()]);
+    let x = bytes_value(payload);
+    a.behaviour_mut()
+        .node_mut()
+        .invoke(sender, &[("peers", &peers), ("x", &x)])
+        .unwrap();
+    until(
+        &mut [a, b],
+        Duration::from_secs(10),
+        "AppEvent y on B",
+        |i, e| {
+            assert!(!is_wire_failure(&e), "swarm {i} lost a fill: {e:?}");
+            match e {
+                SwarmEvent::Behaviour(Event::AppEvent {
+                    topic, value_bytes, ..
+                }) if i == 1 => {
+                    assert_eq!(topic, "y");
+                    Some(value_bytes)
+                }
+                SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
+                    panic!("send failed: {reason}")
+                }
+                _ => None,
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn value_crosses_to_the_receiving_partition() {
+    let (model, targets) = compile(Ping);
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let mut a = swarm(ka.clone(), install(&ka, &model, &[&targets[0]]));
+    let mut b = swarm(kb.clone(), install(&kb, &model, &[&targets[1]]));
+    connect(&mut a, &mut b).await;
+
+    let got = ping(&mut a, &mut b, &targets[0], &[1, 2, 3, 4]).await;
+    // bincode(BytesValue([1, 2, 3, 4])): u64 length, then the bytes.
+    assert_eq!(got, [4, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]);
+
+    // The acknowledgement reaches A, and neither side reports a lost fill
+    // (the Send's suffix-less trigger fill included) for a while after.
+    let mut acked = false;
+    run_for(&mut [&mut a, &mut b], Duration::from_millis(300), |i, e| {
+        assert!(!is_wire_failure(&e), "swarm {i} lost a fill: {e:?}");
+        acked |= matches!(e, SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. }));
+    })
+    .await;
+    assert!(acked, "A saw no acknowledgement");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn round_trip_returns_to_the_sender() {
+    let (model, targets) = compile(RoundTrip);
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let mut a = swarm(ka.clone(), install(&ka, &model, &[&targets[0]]));
+    let mut b = swarm(kb.clone(), install(&kb, &model, &[&targets[1]]));
+    connect(&mut a, &mut b).await;
+
+    let peers = peers_value(&[*b.local_peer_id()]);
+    let x = bytes_value(b"there and back");
+    a.behaviour_mut()
+        .node_mut()
+        .invoke(&targets[0], &[("peers", &peers), ("x", &x)])
+        .unwrap();
+    let got = until(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(10),
+        "reply on A",
+        |i, e| {
+            assert!(!is_wire_failure(&e), "swarm {i} lost a fill: {e:?}");
+            match e {
+                SwarmEvent::Behaviour(Event::AppEvent {
+                    topic, value_bytes, ..
+                }) => {
+                    assert_eq!((i, topic.as_str()), (0, "y"), "only A outputs y");
+                    Some(value_bytes)
+                }
+                _ => None,
+            }
+        },
+    )
+    .await;
+    assert_eq!(got, bytes_value(b"there and back"));
+}
+
+/// The receiver's site ids differ with what it installed and in which
+/// order; delivery must not.
+#[tokio::test(flavor = "current_thread")]
+async fn delivery_does_not_depend_on_install_order() {
+    let (ping_model, ping_targets) = compile(Ping);
+    let (other_model, other_targets) = compile(Other);
+    let merged = merge(ping_model.clone(), &other_model);
+    let (send, recv, other) = (&ping_targets[0], &ping_targets[1], &other_targets[0]);
+
+    // Unrelated Nodes installed first in this process.
+    let _unrelated: Vec<_> = (0..3)
+        .map(|_| install(&Keypair::generate_ed25519(), &merged, &[other, recv]))
+        .collect();
+
+    let cases: [(&str, Vec<&str>); 3] = [
+        ("receiver installed alone", vec![recv]),
+        ("receiver installed last", vec![other, recv]),
+        ("receiver installed first", vec![recv, other]),
+    ];
+    for (n, (label, receiver_targets)) in cases.into_iter().enumerate() {
+        let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let mut a = swarm(ka.clone(), install(&ka, &ping_model, &[send]));
+        let mut b = swarm(kb.clone(), install(&kb, &merged, &receiver_targets));
+        connect(&mut a, &mut b).await;
+        let payload = [n as u8, 42];
+        let got = ping(&mut a, &mut b, send, &payload).await;
+        assert_eq!(got, bytes_value(&payload), "{label}");
+    }
+}
+
+/// Guards the engine limitation `bb_libp2p::sites` covers. If this fails,
+/// bytesandbrains now stamps data-plane suffixes itself: check what it
+/// stamps and retire the bridge.
+#[test]
+fn upstream_still_leaves_send_suffixes_empty() {
+    let (model, targets) = compile(Ping);
+    let key = Keypair::generate_ed25519();
+    let mut node = install(&key, &model, &[&targets[0]]);
+    let engine = node.engine_install_handle();
+    let send = &engine.graph(&targets[0]).unwrap().function.node;
+    let stamped: Vec<_> = send
+        .iter()
+        .flat_map(|n| &n.attribute)
+        .filter(|a| a.name.starts_with(bb_ir::keys::DEST_SUFFIX_ATTR_PREFIX))
+        .map(|a| a.name.clone())
+        .collect();
+    assert!(
+        stamped.is_empty(),
+        "bytesandbrains now stamps {stamped:?} on wire.Send: revisit src/sites.rs"
+    );
+
+    let other = libp2p::PeerId::random();
+    node.add_peer(
+        bb_libp2p::to_engine_peer(&other),
+        vec![bb_libp2p::p2p_address(&other)],
+    )
+    .unwrap();
+    let peers = peers_value(&[other]);
+    let x = bytes_value(&[9]);
+    node.invoke(&targets[0], &[("peers", &peers), ("x", &x)])
+        .unwrap();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut suffixes = Vec::new();
+    for _ in 0..10 {
+        if let std::task::Poll::Ready(steps) = node.poll(&mut cx) {
+            for step in steps {
+                if let EngineStep::SendEnvelope(env) = step {
+                    suffixes.extend(env.fills.into_iter().map(|f| f.dest_suffix));
+                }
+            }
+        }
+    }
+    assert_eq!(
+        suffixes,
+        vec![Vec::<u8>::new(), Vec::new()],
+        "wire.Send now emits data-plane suffixes itself: revisit src/sites.rs"
+    );
+}
