@@ -107,3 +107,67 @@ pub async fn connect<B: NetworkBehaviour>(a: &mut Swarm<B>, b: &mut Swarm<B>) {
 }
 
 pub mod models;
+
+/// A request-response codec that writes requests and responses as raw bytes
+/// and reads them to the end of the stream: a peer that speaks
+/// `/bytesandbrains/wire/1` without following its framing.
+#[derive(Clone, Default)]
+pub struct RawCodec;
+
+impl libp2p::request_response::Codec for RawCodec {
+    type Protocol = libp2p::StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &Self::Protocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        let mut buf = Vec::new();
+        futures::AsyncReadExt::read_to_end(io, &mut buf).await?;
+        Ok(buf)
+    }
+
+    async fn read_response<T>(&mut self, p: &Self::Protocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        self.read_request(p, io).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        futures::AsyncWriteExt::write_all(io, &req).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        futures::AsyncWriteExt::write_all(io, &res).await
+    }
+}
+
+/// A raw request-response behaviour on the crate's protocol.
+pub fn raw_wire(timeout: Duration) -> libp2p::request_response::Behaviour<RawCodec> {
+    libp2p::request_response::Behaviour::with_codec(
+        RawCodec,
+        [(
+            bb_libp2p::PROTOCOL_NAME,
+            libp2p::request_response::ProtocolSupport::Full,
+        )],
+        libp2p::request_response::Config::default().with_request_timeout(timeout),
+    )
+}
