@@ -1,0 +1,204 @@
+//! The behaviour inside a user's `#[derive(NetworkBehaviour)]` struct, beside
+//! identify and ping; and an idle connected pair that does not busy-poll.
+
+mod common;
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bb_libp2p::Event;
+use bb_runtime::engine::EngineStep;
+use common::models::{bytes_value, compile, install, peers_value, Ping};
+use common::{connect, memory_swarm, run_for, until};
+use libp2p::core::transport::PortUse;
+use libp2p::core::Endpoint;
+use libp2p::identity::Keypair;
+use libp2p::swarm::{
+    dummy, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, SwarmEvent, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+use libp2p::{identify, ping, Multiaddr, PeerId, Swarm};
+
+/// Counts how often the swarm polls its behaviours.
+#[derive(Default)]
+struct PollCounter(Rc<Cell<u64>>);
+
+impl NetworkBehaviour for PollCounter {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = Infallible;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn on_swarm_event(&mut self, _: FromSwarm) {}
+
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        e: THandlerOutEvent<Self>,
+    ) {
+        match e {}
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Infallible, THandlerInEvent<Self>>> {
+        self.0.set(self.0.get() + 1);
+        Poll::Pending
+    }
+}
+
+/// What a user's application might compose.
+#[derive(NetworkBehaviour)]
+struct App {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    bb: bb_libp2p::Behaviour,
+    polls: PollCounter,
+}
+
+fn app(key: &Keypair, node: bytesandbrains::Node) -> (Swarm<App>, Rc<Cell<u64>>) {
+    let polls = PollCounter::default();
+    let count = polls.0.clone();
+    let behaviour = App {
+        identify: identify::Behaviour::new(identify::Config::new("/app/1".into(), key.public())),
+        ping: ping::Behaviour::default(),
+        bb: bb_libp2p::Behaviour::new(node, bb_libp2p::Config::default()),
+        polls,
+    };
+    (memory_swarm(key.clone(), behaviour), count)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn composed_with_identify_and_ping() {
+    let (model, targets) = compile(Ping);
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let (mut a, _) = app(&ka, install(&ka, &model, &[&targets[0]]));
+    let (mut b, b_polls) = app(&kb, install(&kb, &model, &[&targets[1]]));
+    connect(&mut a, &mut b).await;
+
+    let peers = peers_value(&[*b.local_peer_id()]);
+    let mut identified = [false, false];
+    let mut pinged = false;
+    let mut got = Vec::new();
+    for n in 0u8..3 {
+        let x = bytes_value(&[n; 3]);
+        a.behaviour_mut()
+            .bb
+            .node_mut()
+            .invoke(&targets[0], &[("peers", &peers), ("x", &x)])
+            .unwrap();
+        got.push(
+            until(
+                &mut [&mut a, &mut b],
+                Duration::from_secs(10),
+                "value on B",
+                |i, e| match e {
+                    SwarmEvent::Behaviour(AppEvent::Identify(identify::Event::Received {
+                        ..
+                    })) => {
+                        identified[i] = true;
+                        None
+                    }
+                    SwarmEvent::Behaviour(AppEvent::Ping(ping::Event {
+                        result: Ok(_), ..
+                    })) => {
+                        pinged = true;
+                        None
+                    }
+                    SwarmEvent::Behaviour(AppEvent::Bb(Event::AppEvent {
+                        value_bytes, ..
+                    })) if i == 1 => Some(value_bytes),
+                    _ => None,
+                },
+            )
+            .await,
+        );
+    }
+    assert_eq!(
+        got,
+        (0u8..3).map(|n| bytes_value(&[n; 3])).collect::<Vec<_>>()
+    );
+    run_for(
+        &mut [&mut a, &mut b],
+        Duration::from_millis(500),
+        |i, e| match e {
+            SwarmEvent::Behaviour(AppEvent::Identify(identify::Event::Received { .. })) => {
+                identified[i] = true
+            }
+            SwarmEvent::Behaviour(AppEvent::Ping(ping::Event { result: Ok(_), .. })) => {
+                pinged = true
+            }
+            _ => {}
+        },
+    )
+    .await;
+    assert_eq!(
+        identified,
+        [true, true],
+        "identify ran beside the behaviour"
+    );
+    assert!(pinged, "ping ran beside the behaviour");
+    assert!(b_polls.get() > 0);
+}
+
+/// A connected pair that has exchanged a value, and whose engine deadlines
+/// have all passed, must not keep its task awake.
+#[tokio::test(flavor = "current_thread")]
+async fn idle_pair_does_not_busy_poll() {
+    let (model, targets) = compile(Ping);
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let (mut a, a_polls) = app(&ka, install(&ka, &model, &[&targets[0]]));
+    let (mut b, b_polls) = app(&kb, install(&kb, &model, &[&targets[1]]));
+    connect(&mut a, &mut b).await;
+    let peers = peers_value(&[*b.local_peer_id()]);
+    let x = bytes_value(b"then quiet");
+    a.behaviour_mut()
+        .bb
+        .node_mut()
+        .invoke(&targets[0], &[("peers", &peers), ("x", &x)])
+        .unwrap();
+    // The Send's request lives 100 ms in the engine; its WireTimeout is the
+    // last thing the engine has to do.
+    until(&mut [&mut a, &mut b], Duration::from_secs(5), "A's WireTimeout", |i, e| {
+        matches!(e, SwarmEvent::Behaviour(AppEvent::Bb(Event::Engine(EngineStep::WireTimeout { .. }))) if i == 0)
+            .then_some(())
+    })
+    .await;
+    run_for(&mut [&mut a, &mut b], Duration::from_millis(500), |_, _| {}).await;
+
+    let (a0, b0) = (a_polls.get(), b_polls.get());
+    let idle = Duration::from_secs(2);
+    run_for(&mut [&mut a, &mut b], idle, |_, _| {}).await;
+    let per_second = |polls: u64| polls as f64 / idle.as_secs_f64();
+    let (a_rate, b_rate) = (
+        per_second(a_polls.get() - a0),
+        per_second(b_polls.get() - b0),
+    );
+    // Idle libp2p wakes a handful of times a second at most (ping runs every
+    // 15 s); a spinning behaviour polls thousands of times.
+    assert!(
+        a_rate <= 10.0 && b_rate <= 10.0,
+        "polls per idle second: A {a_rate}, B {b_rate}"
+    );
+}
