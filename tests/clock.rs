@@ -1,0 +1,77 @@
+//! The behaviour moves the engine's clock and wakes for what the engine has
+//! due, and for work pushed into the Node between polls.
+
+mod common;
+
+use std::future::poll_fn;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bb_libp2p::{Behaviour, Config, Event};
+use bb_runtime::engine::EngineStep;
+use common::models::{bytes_value, compile, install, peers_value, Other, Ping};
+use common::{connect, memory_swarm, until};
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::swarm::SwarmEvent;
+
+/// The Send's compiled deadline: its request lives this long in the engine.
+const SEND_DEADLINE: Duration = Duration::from_millis(100);
+
+#[tokio::test(flavor = "current_thread")]
+async fn wire_timeout_fires_on_time() {
+    let (model, targets) = compile(Ping);
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let mut a = memory_swarm(ka.clone(), Behaviour::new(install(&ka, &model, &[&targets[0]]), Config::default()));
+    let mut b = memory_swarm(kb.clone(), Behaviour::new(install(&kb, &model, &[&targets[1]]), Config::default()));
+    connect(&mut a, &mut b).await;
+    let peers = peers_value(&[*b.local_peer_id()]);
+    let x = bytes_value(b"no reply comes");
+    let start = Instant::now();
+    a.behaviour_mut()
+        .node_mut()
+        .invoke(&targets[0], &[("peers", &peers), ("x", &x)])
+        .unwrap();
+    let (wire_req_id, started_at_ns) =
+        until(&mut [&mut a, &mut b], Duration::from_secs(5), "WireTimeout", |i, e| match e {
+            SwarmEvent::Behaviour(Event::Engine(EngineStep::WireTimeout {
+                wire_req_id, started_at_ns, ..
+            })) if i == 0 => Some((wire_req_id, started_at_ns)),
+            _ => None,
+        })
+        .await;
+    let elapsed = start.elapsed();
+    assert_eq!(wire_req_id, 0, "the Node's first request");
+    // The engine's clock moved: the request started after the swarm did.
+    assert!(started_at_ns > 0);
+    assert!(elapsed >= SEND_DEADLINE, "fired early, after {elapsed:?}");
+    assert!(elapsed < SEND_DEADLINE * 5, "fired late, after {elapsed:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn invoke_between_polls_wakes_the_swarm() {
+    let (model, targets) = compile(Other);
+    let key = Keypair::generate_ed25519();
+    let mut a = memory_swarm(key.clone(), Behaviour::new(install(&key, &model, &[&targets[0]]), Config::default()));
+    let value = bytes_value(b"wake up");
+    let mut invoked = false;
+    let wait = poll_fn(|cx| {
+        while let Poll::Ready(Some(e)) = a.poll_next_unpin(cx) {
+            if let SwarmEvent::Behaviour(Event::AppEvent { topic, value_bytes, .. }) = e {
+                return Poll::Ready((topic, value_bytes));
+            }
+        }
+        // The swarm is idle and its task asleep. Only the Node's ingress
+        // waker can bring it back for this invocation.
+        if !invoked {
+            invoked = true;
+            a.behaviour_mut().node_mut().invoke(&targets[0], &[("a", &value)]).unwrap();
+        }
+        Poll::Pending
+    });
+    let (topic, got) = tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .expect("the invocation never woke the swarm");
+    assert_eq!(topic, "o");
+    assert_eq!(got, value);
+}
