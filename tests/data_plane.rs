@@ -199,3 +199,23 @@ fn upstream_still_leaves_send_suffixes_empty() {
         "wire.Send now emits data-plane suffixes itself: revisit src/sites.rs"
     );
 }
+
+/// A peer the engine can resolve but the swarm is not connected to is
+/// dialled with the addresses libp2p knows for it.
+#[tokio::test(flavor = "current_thread")]
+async fn unconnected_peer_is_dialled() {
+    let (model, targets) = compile(Ping);
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let mut a = swarm(ka.clone(), install(&ka, &model, &[&targets[0]]));
+    let mut b = swarm(kb.clone(), install(&kb, &model, &[&targets[1]]));
+    let addr = common::listen(&mut b).await;
+    let dest = *b.local_peer_id();
+    a.add_peer_address(dest, addr);
+    a.behaviour_mut()
+        .node_mut()
+        .add_peer(bb_libp2p::to_engine_peer(&dest), vec![bb_libp2p::p2p_address(&dest)])
+        .unwrap();
+    assert!(!a.is_connected(&dest));
+    let got = ping(&mut a, &mut b, &targets[0], b"dialled").await;
+    assert_eq!(got, bytes_value(b"dialled"));
+}
