@@ -234,7 +234,7 @@ impl Behaviour {
         reason: SendFailure,
     ) {
         tracing::debug!(?peer, wire_req_id, %reason, "envelope not delivered");
-        self.to_engine(IngressEvent::SendFailed {
+        self.tell_engine(IngressEvent::SendFailed {
             wire_req_id,
             peer: peer.map(|p| p.to_bytes()).unwrap_or_default(),
             reason: reason.label(),
@@ -249,7 +249,7 @@ impl Behaviour {
 
     /// Pushes an event the engine must not miss, keeping order behind any
     /// that are still waiting for room.
-    fn to_engine(&mut self, event: IngressEvent) {
+    fn tell_engine(&mut self, event: IngressEvent) {
         self.clock_dirty = true;
         if self.engine_backlog.is_empty() {
             if let Err(event) = self.node.ingress_handle().push(event) {

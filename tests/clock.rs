@@ -22,8 +22,14 @@ const SEND_DEADLINE: Duration = Duration::from_millis(100);
 async fn wire_timeout_fires_on_time() {
     let (model, targets) = compile(Ping);
     let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    let mut a = memory_swarm(ka.clone(), Behaviour::new(install(&ka, &model, &[&targets[0]]), Config::default()));
-    let mut b = memory_swarm(kb.clone(), Behaviour::new(install(&kb, &model, &[&targets[1]]), Config::default()));
+    let mut a = memory_swarm(
+        ka.clone(),
+        Behaviour::new(install(&ka, &model, &[&targets[0]]), Config::default()),
+    );
+    let mut b = memory_swarm(
+        kb.clone(),
+        Behaviour::new(install(&kb, &model, &[&targets[1]]), Config::default()),
+    );
     connect(&mut a, &mut b).await;
     let peers = peers_value(&[*b.local_peer_id()]);
     let x = bytes_value(b"no reply comes");
@@ -32,14 +38,20 @@ async fn wire_timeout_fires_on_time() {
         .node_mut()
         .invoke(&targets[0], &[("peers", &peers), ("x", &x)])
         .unwrap();
-    let (wire_req_id, started_at_ns) =
-        until(&mut [&mut a, &mut b], Duration::from_secs(5), "WireTimeout", |i, e| match e {
+    let (wire_req_id, started_at_ns) = until(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(5),
+        "WireTimeout",
+        |i, e| match e {
             SwarmEvent::Behaviour(Event::Engine(EngineStep::WireTimeout {
-                wire_req_id, started_at_ns, ..
+                wire_req_id,
+                started_at_ns,
+                ..
             })) if i == 0 => Some((wire_req_id, started_at_ns)),
             _ => None,
-        })
-        .await;
+        },
+    )
+    .await;
     let elapsed = start.elapsed();
     assert_eq!(wire_req_id, 0, "the Node's first request");
     // The engine's clock moved: the request started after the swarm did.
@@ -52,12 +64,18 @@ async fn wire_timeout_fires_on_time() {
 async fn invoke_between_polls_wakes_the_swarm() {
     let (model, targets) = compile(Other);
     let key = Keypair::generate_ed25519();
-    let mut a = memory_swarm(key.clone(), Behaviour::new(install(&key, &model, &[&targets[0]]), Config::default()));
+    let mut a = memory_swarm(
+        key.clone(),
+        Behaviour::new(install(&key, &model, &[&targets[0]]), Config::default()),
+    );
     let value = bytes_value(b"wake up");
     let mut invoked = false;
     let wait = poll_fn(|cx| {
         while let Poll::Ready(Some(e)) = a.poll_next_unpin(cx) {
-            if let SwarmEvent::Behaviour(Event::AppEvent { topic, value_bytes, .. }) = e {
+            if let SwarmEvent::Behaviour(Event::AppEvent {
+                topic, value_bytes, ..
+            }) = e
+            {
                 return Poll::Ready((topic, value_bytes));
             }
         }
@@ -65,7 +83,10 @@ async fn invoke_between_polls_wakes_the_swarm() {
         // waker can bring it back for this invocation.
         if !invoked {
             invoked = true;
-            a.behaviour_mut().node_mut().invoke(&targets[0], &[("a", &value)]).unwrap();
+            a.behaviour_mut()
+                .node_mut()
+                .invoke(&targets[0], &[("a", &value)])
+                .unwrap();
         }
         Poll::Pending
     });

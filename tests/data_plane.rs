@@ -213,7 +213,10 @@ async fn unconnected_peer_is_dialled() {
     a.add_peer_address(dest, addr);
     a.behaviour_mut()
         .node_mut()
-        .add_peer(bb_libp2p::to_engine_peer(&dest), vec![bb_libp2p::p2p_address(&dest)])
+        .add_peer(
+            bb_libp2p::to_engine_peer(&dest),
+            vec![bb_libp2p::p2p_address(&dest)],
+        )
         .unwrap();
     assert!(!a.is_connected(&dest));
     let got = ping(&mut a, &mut b, &targets[0], b"dialled").await;
