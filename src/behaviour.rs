@@ -24,8 +24,8 @@ use crate::peer::{p2p_address, peer_of_address, to_engine_peer, to_libp2p_peer};
 use crate::sites::Sites;
 use crate::Config;
 
-/// Engine poll cycles run back to back before `poll` yields to the rest of
-/// the swarm (and schedules itself again).
+/// Engine cycles one `poll` runs before it yields to the rest of the swarm
+/// (and schedules itself again).
 const ENGINE_CYCLES_PER_POLL: usize = 32;
 
 /// Runs a bytesandbrains [`Node`] over libp2p.
@@ -410,45 +410,38 @@ impl Behaviour {
         }
     }
 
-    /// Runs the engine until it has nothing to do, or its share of this poll
-    /// is used up. `Ready` when it left events to hand out.
+    /// Runs one engine cycle. `Ready` when it did work, whose envelopes and
+    /// events the caller must now hand on; `Pending` when the engine is idle
+    /// and its wake-ups (ingress waker, clock timer) are registered.
     fn drive_engine(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if let Some(step) = self.early_steps.pop_front() {
-            self.on_step(step);
+        if !self.early_steps.is_empty() {
+            for step in std::mem::take(&mut self.early_steps) {
+                self.on_step(step);
+            }
             return Poll::Ready(());
         }
         self.flush_engine_backlog();
-        for _ in 0..ENGINE_CYCLES_PER_POLL {
+        loop {
             // Consume a due timer; the cycle below acts on it.
             let _ = self.clock.poll_due(cx);
-            let clock = &self.clock;
-            clock.advance(self.node.engine_install_handle());
-            match self.node.poll(cx) {
-                Poll::Ready(steps) => {
-                    self.clock_dirty = true;
-                    for step in steps {
-                        self.on_step(step);
-                    }
-                    if !self.events.is_empty() || !self.early_steps.is_empty() {
-                        return Poll::Ready(());
-                    }
+            self.clock.advance(self.node.engine_install_handle());
+            if let Poll::Ready(steps) = self.node.poll(cx) {
+                self.clock_dirty = true;
+                for step in steps {
+                    self.on_step(step);
                 }
-                Poll::Pending => {
-                    if self.clock_dirty {
-                        self.clock_dirty = false;
-                        let engine = self.node.engine_install_handle();
-                        self.clock.rearm(engine);
-                    }
-                    if self.clock.poll_due(cx).is_ready() {
-                        continue;
-                    }
-                    return Poll::Pending;
-                }
+                return Poll::Ready(());
+            }
+            if self.clock_dirty {
+                self.clock_dirty = false;
+                self.clock.rearm(self.node.engine_install_handle());
+            }
+            // A timer armed at least MIN_WAKE ahead is ready only once that
+            // time has passed, so this loop runs at most once more per wake.
+            if self.clock.poll_due(cx).is_pending() {
+                return Poll::Pending;
             }
         }
-        // Busy engine: let the rest of the swarm run, then come back.
-        cx.waker().wake_by_ref();
-        Poll::Pending
     }
 }
 
@@ -587,6 +580,7 @@ impl NetworkBehaviour for Behaviour {
 
     #[tracing::instrument(level = "trace", name = "bb_libp2p::poll", skip(self, cx))]
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
+        let mut cycles = 0;
         loop {
             if let Some(event) = self.events.pop_front() {
                 return Poll::Ready(ToSwarm::GenerateEvent(event));
@@ -601,7 +595,13 @@ impl NetworkBehaviour for Behaviour {
                 }
                 Poll::Pending => {}
             }
+            if cycles == ENGINE_CYCLES_PER_POLL {
+                // Busy engine: let the rest of the swarm run, then come back.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             if self.drive_engine(cx).is_ready() {
+                cycles += 1;
                 continue;
             }
             return Poll::Pending;
