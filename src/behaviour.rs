@@ -17,7 +17,7 @@ use libp2p::swarm::{
 use libp2p::{Multiaddr, PeerId};
 use prost::Message;
 
-use crate::clock::Clock;
+use crate::clock::{self, Clock};
 use crate::codec::{self, Ack, Codec, Request, MAX_DETAIL_BYTES, PROTOCOL_NAME};
 use crate::event::{Event, RejectKind, Rejection, SendFailure};
 use crate::peer::{p2p_address, peer_of_address, to_engine_peer, to_libp2p_peer};
@@ -72,7 +72,10 @@ impl Behaviour {
     /// engine `PeerId` of the swarm's key (see [`to_engine_peer`]).
     ///
     /// Runs the Node's bootstrap if it has not run, stamps the data-plane
-    /// routing the engine leaves out (see [`crate::sites`]), and adds
+    /// routing the engine leaves out (see [`crate::sites`]), lets the
+    /// compiler's deadline gates pass under a real clock (they read a
+    /// relative budget as an absolute time; the budget still bounds each
+    /// request as its time to live), and adds
     /// `/p2p/<local peer>` to the Node's local addresses. Nothing else needs
     /// calling: add the behaviour to a swarm and poll the swarm.
     pub fn new(mut node: Node, config: Config) -> Self {
@@ -91,6 +94,7 @@ impl Behaviour {
             }
         };
         let sites = Sites::bridge(&mut node);
+        clock::disarm_deadline_gates(node.engine_install_handle());
         match node.run_bootstrap(&[]) {
             Ok(steps) => early_steps.extend(steps),
             Err(error) => events.push_back(Event::BootstrapFailed(error)),

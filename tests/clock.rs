@@ -96,3 +96,83 @@ async fn invoke_between_polls_wakes_the_swarm() {
     assert_eq!(topic, "o");
     assert_eq!(got, value);
 }
+
+/// With the engine's clock moving, a Send long after start-up still goes out
+/// (its compiled deadline gate holds a 100 ms budget, not a time of day).
+#[tokio::test(flavor = "current_thread")]
+async fn send_long_after_start_is_delivered() {
+    let (model, targets) = compile(Ping);
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let mut a = memory_swarm(
+        ka.clone(),
+        Behaviour::new(install(&ka, &model, &[&targets[0]]), Config::default()),
+    );
+    let mut b = memory_swarm(
+        kb.clone(),
+        Behaviour::new(install(&kb, &model, &[&targets[1]]), Config::default()),
+    );
+    connect(&mut a, &mut b).await;
+    common::run_for(&mut [&mut a, &mut b], SEND_DEADLINE * 3, |_, _| {}).await;
+    let peers = peers_value(&[*b.local_peer_id()]);
+    let x = bytes_value(b"late");
+    a.behaviour_mut()
+        .node_mut()
+        .invoke(&targets[0], &[("peers", &peers), ("x", &x)])
+        .unwrap();
+    let got = until(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(5),
+        "late value on B",
+        |i, e| match e {
+            SwarmEvent::Behaviour(Event::AppEvent { value_bytes, .. }) if i == 1 => {
+                Some(value_bytes)
+            }
+            SwarmEvent::Behaviour(Event::Engine(EngineStep::OpFailed { error, .. })) => {
+                panic!("{i}: {error:?}")
+            }
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(got, x);
+}
+
+/// Guards the engine limitation `clock::disarm_deadline_gates` covers. If
+/// this fails, a Send's deadline gate no longer fails once the engine clock
+/// passes its relative budget: check the gate and retire the disarming.
+#[test]
+fn upstream_deadline_gates_still_read_budgets_as_absolute() {
+    let (model, targets) = compile(Ping);
+    let key = Keypair::generate_ed25519();
+    let mut node = install(&key, &model, &[&targets[0]]);
+    let other = libp2p::PeerId::random();
+    node.add_peer(
+        bb_libp2p::to_engine_peer(&other),
+        vec![bb_libp2p::p2p_address(&other)],
+    )
+    .unwrap();
+    node.engine_install_handle()
+        .framework
+        .scheduler
+        .set_now(SEND_DEADLINE.as_nanos() as u64 * 2);
+    let peers = peers_value(&[other]);
+    let x = bytes_value(&[1]);
+    node.invoke(&targets[0], &[("peers", &peers), ("x", &x)])
+        .unwrap();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut failures = Vec::new();
+    for _ in 0..10 {
+        if let Poll::Ready(steps) = node.poll(&mut cx) {
+            for step in steps {
+                match step {
+                    EngineStep::OpFailed { error, .. } => failures.push(error.detail),
+                    EngineStep::SendEnvelope(_) => panic!(
+                        "a Send past its budget went out: upstream fixed DeadlineCheck, revisit clock::disarm_deadline_gates"
+                    ),
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert_eq!(failures, ["deadline exceeded"]);
+}
