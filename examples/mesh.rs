@@ -1,0 +1,469 @@
+//! Two processes exchange values over libp2p: one listens, the other dials
+//! its address, sends strings and prints the replies that come back.
+//!
+//! Both run the same `Echo` Module. The dialer installs its sending half: it
+//! sends `x` to the listener, which outputs what it received as `seen` and
+//! sends it back; the reply comes out of the dialer's graph as `y`.
+//!
+//! With no arguments the example runs both sides: it starts a copy of itself
+//! in `listen` mode, dials the address the copy prints, forwards the copy's
+//! output prefixed with `[listener]`, and exits 0 once both are done:
+//!
+//! ```text
+//! cargo run --example mesh                       # TCP (noise, yamux)
+//! cargo run --example mesh -- --transport quic   # QUIC
+//! ```
+//!
+//! Or in two terminals, dialling the address the first one prints:
+//!
+//! ```text
+//! cargo run --example mesh -- listen [--transport quic]
+//! cargo run --example mesh -- dial /ip4/127.0.0.1/tcp/<port>/p2p/<peer id>
+//! ```
+//!
+//! The listener prints `listening on <address>` first, then each value it
+//! receives, and exits when the dialer disconnects. `dial` takes its
+//! transport from the address; it exits 0 once every reply has arrived and
+//! the connection has closed, or 1 with the reason if a send fails or that
+//! takes more than 30 s.
+
+use std::error::Error;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use bb_ir::proto::onnx::{NodeProto, StringStringEntryProto};
+use bb_libp2p::{to_engine_peer, Behaviour, Config, Event};
+use bb_runtime::engine::EngineStep;
+use bytesandbrains::atomic::DispatchResult;
+use bytesandbrains::bus::OpError;
+use bytesandbrains::framework::Address;
+use bytesandbrains::proto::onnx::ModelProto;
+use bytesandbrains::runtime::RuntimeResourceRef;
+use bytesandbrains::slot_value::SlotValue;
+use bytesandbrains::syscall::values::{BytesValue, PeerIdVecValue};
+use bytesandbrains::{Compiler, Graph, Module, Node, Output};
+use libp2p::futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{noise, tcp, yamux, Multiaddr, Swarm};
+use tokio::time::Instant;
+
+type Result<T> = std::result::Result<T, Box<dyn Error>>;
+
+/// What the dialer sends. Each must differ: a Node drops an inbound payload
+/// identical to one it received recently.
+const MESSAGES: [&str; 3] = ["hello", "from the dialer", "over libp2p"];
+
+/// How long the dialer waits for the connection, the replies and the close.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the demo waits for the listener to exit after the dialer is done.
+const LISTENER_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The dialer's connection closes after this long without an open stream.
+/// libp2p keeps a connection open while any stream is, so closing on idle
+/// lets the dialer finish acknowledging the last reply, which a disconnect
+/// as soon as that reply arrives could cut off.
+const DIALER_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
+const LISTENER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+const OP_DOMAIN: &str = "ai.bytesandbrains.mesh_example";
+
+/// Replies to whoever sent the envelope being processed: the inbound
+/// envelope's sender as a one-peer list, so `wire.Send` can address it.
+fn sender_as_peers(
+    _node: &NodeProto,
+    _inputs: &[(&str, &dyn SlotValue)],
+    ctx: &mut RuntimeResourceRef<'_>,
+) -> std::result::Result<DispatchResult, OpError> {
+    let peer = ctx.current.inbound.src_peer.ok_or_else(|| OpError {
+        detail: "SenderAsPeers outside an inbound delivery".into(),
+        ..Default::default()
+    })?;
+    Ok(DispatchResult::Immediate(vec![(
+        "peers".to_string(),
+        Box::new(PeerIdVecValue(vec![peer])) as Box<dyn SlotValue>,
+    )]))
+}
+
+bytesandbrains::register_op! {
+    domain: "ai.bytesandbrains.mesh_example",
+    op_type: "SenderAsPeers",
+    invoke: sender_as_peers,
+}
+
+/// The dialer sends `x` to `peers` as `req`; the listener outputs it as
+/// `seen` and sends it back as `reply`; the dialer outputs the reply as `y`.
+struct Echo;
+impl Module for Echo {
+    fn name(&self) -> &str {
+        "Echo"
+    }
+    fn body(&self, g: &mut Graph) {
+        let peers = g.input("peers");
+        let x = g.input("x");
+        g.net_out("req", peers, x);
+        let req = g.lookup_output("req").expect("req");
+        g.output("seen", req.clone());
+        g.push_node(NodeProto {
+            op_type: "SenderAsPeers".into(),
+            domain: OP_DOMAIN.into(),
+            // Reading `req` homes the op on the receiver and fires it on arrival.
+            input: vec![req.name.clone()],
+            // Named `dest` so wire.Send does not ship it as a fill.
+            output: vec!["dest".into()],
+            metadata_props: vec![StringStringEntryProto {
+                key: bb_ir::peer_class::PEER_CLASS_KEY.into(),
+                value: bb_ir::peer_class::SELF_CLASS.into(),
+            }],
+            ..Default::default()
+        });
+        g.declare_value_info("dest", &bb_ir::types::TYPE_PEER_ID_VEC);
+        let dest = Output::new("dest".into(), &bb_ir::types::TYPE_PEER_ID_VEC);
+        g.net_out("reply", dest, req);
+        let reply = g.lookup_output("reply").expect("reply");
+        g.output("y", reply);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Transport {
+    Tcp,
+    Quic,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Quic => "quic",
+        }
+    }
+
+    fn listen_address(self) -> Multiaddr {
+        match self {
+            Transport::Tcp => "/ip4/127.0.0.1/tcp/0",
+            Transport::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
+        }
+        .parse()
+        .expect("a valid multiaddr")
+    }
+}
+
+enum Mode {
+    Demo(Transport),
+    Listen(Transport),
+    Dial(Multiaddr),
+}
+
+const USAGE: &str = "usage: mesh [--transport tcp|quic]
+       mesh listen [--transport tcp|quic]
+       mesh dial <multiaddr ending in /p2p/<peer id>>";
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode> {
+    let mut listen = false;
+    let mut dial = None;
+    let mut transport = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "listen" if !listen && dial.is_none() => listen = true,
+            "dial" if !listen && dial.is_none() => {
+                let address = args.next().ok_or("dial needs an address")?;
+                dial = Some(
+                    address
+                        .parse::<Multiaddr>()
+                        .map_err(|e| format!("{address}: {e}"))?,
+                );
+            }
+            "--transport" if transport.is_none() => {
+                transport = Some(match args.next().as_deref() {
+                    Some("tcp") => Transport::Tcp,
+                    Some("quic") => Transport::Quic,
+                    _ => return Err("--transport takes tcp or quic".into()),
+                });
+            }
+            _ => return Err(format!("unexpected argument {arg:?}").into()),
+        }
+    }
+    match (listen, dial, transport) {
+        (true, _, transport) => Ok(Mode::Listen(transport.unwrap_or(Transport::Tcp))),
+        (false, Some(_), Some(_)) => {
+            Err("dial takes its transport from the address, not --transport".into())
+        }
+        (false, Some(address), None) => Ok(Mode::Dial(address)),
+        (false, None, transport) => Ok(Mode::Demo(transport.unwrap_or(Transport::Tcp))),
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let mode = match parse_args(std::env::args().skip(1)) {
+        Ok(mode) => mode,
+        Err(e) => {
+            eprintln!("{e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match mode {
+        Mode::Demo(transport) => demo(transport).await,
+        Mode::Listen(transport) => listen(transport).await,
+        Mode::Dial(address) => dial(address, "").await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves one dialer: echoes what it sends until it disconnects.
+async fn listen(transport: Transport) -> Result<()> {
+    let (model, targets) = compile()?;
+    let key = Keypair::generate_ed25519();
+    let node = install(&key, model, &targets[1])?;
+    let mut swarm = build_swarm(key, node, LISTENER_IDLE_TIMEOUT)?;
+    swarm.listen_on(transport.listen_address())?;
+    loop {
+        match swarm.select_next_some().await {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let address = address
+                    .with_p2p(*swarm.local_peer_id())
+                    .expect("no /p2p yet");
+                println!("listening on {address}");
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                println!("connection from {peer_id}");
+            }
+            SwarmEvent::Behaviour(Event::AppEvent {
+                topic, value_bytes, ..
+            }) if topic == "seen" => println!("received {:?}", text(&value_bytes)?),
+            SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { peer, .. }) => {
+                println!("reply acknowledged by {peer}");
+            }
+            SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
+                eprintln!("reply not delivered: {reason}");
+            }
+            SwarmEvent::Behaviour(Event::InboundRejected { rejection, .. }) => {
+                eprintln!("inbound envelope refused: {rejection}");
+            }
+            SwarmEvent::Behaviour(Event::Engine(EngineStep::OpFailed { error, .. })) => {
+                eprintln!("op failed: {}", error.detail);
+            }
+            SwarmEvent::ConnectionClosed {
+                num_established: 0, ..
+            } => {
+                println!("dialer disconnected");
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Sends each of [`MESSAGES`] to the listener at `address` and waits for it
+/// to come back. `prefix` starts every line it prints.
+async fn dial(address: Multiaddr, prefix: &str) -> Result<()> {
+    let Some(Protocol::P2p(listener)) = address.iter().last() else {
+        return Err(format!("{address} does not end in /p2p/<peer id>").into());
+    };
+    let (model, targets) = compile()?;
+    let key = Keypair::generate_ed25519();
+    let node = install(&key, model, &targets[0])?;
+    let mut swarm = build_swarm(key, node, DIALER_IDLE_TIMEOUT)?;
+    let deadline = Instant::now() + DIAL_TIMEOUT;
+
+    swarm.dial(address.clone())?;
+    let what = format!("a connection to {address}");
+    loop {
+        match next_event(&mut swarm, deadline, &what).await? {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == listener => break,
+            SwarmEvent::OutgoingConnectionError { error, .. } => {
+                return Err(format!("could not dial {address}: {error}").into());
+            }
+            _ => {}
+        }
+    }
+    println!("{prefix}connected to {listener}");
+
+    // wire.Send resolves only peers the Node knows; the behaviour made the
+    // listener known when the connection was established.
+    let peers = bincode::serialize(&PeerIdVecValue(vec![to_engine_peer(&listener)]))?;
+    for message in MESSAGES {
+        let x = bincode::serialize(&BytesValue(message.as_bytes().to_vec()))?;
+        swarm
+            .behaviour_mut()
+            .node_mut()
+            .invoke(&targets[0], &[("peers", &peers), ("x", &x)])
+            .map_err(|e| format!("invoke: {e:?}"))?;
+        println!("{prefix}sent {message:?}");
+        let what = format!("the reply to {message:?}");
+        loop {
+            match next_event(&mut swarm, deadline, &what).await? {
+                SwarmEvent::Behaviour(Event::AppEvent {
+                    topic, value_bytes, ..
+                }) if topic == "y" => {
+                    println!("{prefix}reply {:?}", text(&value_bytes)?);
+                    break;
+                }
+                SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
+                    return Err(format!("{message:?} not delivered: {reason}").into());
+                }
+                SwarmEvent::ConnectionClosed { cause, .. } => {
+                    return Err(format!("connection closed waiting for {what}: {cause:?}").into());
+                }
+                SwarmEvent::Behaviour(Event::Engine(EngineStep::OpFailed { error, .. })) => {
+                    return Err(format!("{message:?} not sent: {}", error.detail).into());
+                }
+                _ => {}
+            }
+        }
+    }
+    println!("{prefix}all {} replies arrived", MESSAGES.len());
+
+    loop {
+        if let SwarmEvent::ConnectionClosed { .. } =
+            next_event(&mut swarm, deadline, "the connection to close").await?
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// Runs a listener as a child process and dials it.
+async fn demo(transport: Transport) -> Result<()> {
+    let mut listener = Listener::spawn(transport)?;
+    let address = listener.address()?;
+    let stdout = listener.take_stdout();
+    let forward = std::thread::spawn(move || {
+        for line in stdout.lines().map_while(std::io::Result::ok) {
+            println!("[listener] {line}");
+        }
+    });
+    println!("[listener] listening on {address}");
+    let dialed = dial(address, "[dialer] ").await;
+    let exited = match dialed {
+        Ok(()) => listener.wait(LISTENER_EXIT_TIMEOUT),
+        Err(_) => Ok(()),
+    };
+    drop(listener);
+    let _ = forward.join();
+    dialed.and(exited)
+}
+
+/// A child process in `listen` mode, killed if still running when dropped.
+struct Listener {
+    child: Child,
+    stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl Listener {
+    fn spawn(transport: Transport) -> Result<Self> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["listen", "--transport", transport.name()])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().map(BufReader::new);
+        Ok(Self { child, stdout })
+    }
+
+    /// Reads the `listening on <address>` line.
+    fn address(&mut self) -> Result<Multiaddr> {
+        let mut line = String::new();
+        self.stdout
+            .as_mut()
+            .expect("stdout is piped")
+            .read_line(&mut line)?;
+        let address = line
+            .trim_end()
+            .strip_prefix("listening on ")
+            .ok_or_else(|| format!("listener printed {line:?}, not its address"))?;
+        Ok(address.parse()?)
+    }
+
+    fn take_stdout(&mut self) -> BufReader<ChildStdout> {
+        self.stdout.take().expect("stdout is piped")
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return match status.success() {
+                    true => Ok(()),
+                    false => Err(format!("listener exited with {status}").into()),
+                };
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(format!("listener still running after {timeout:?}").into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// The next swarm event, or an error naming `what` once `deadline` passes.
+async fn next_event(
+    swarm: &mut Swarm<Behaviour>,
+    deadline: Instant,
+    what: &str,
+) -> Result<SwarmEvent<Event>> {
+    tokio::time::timeout_at(deadline, swarm.select_next_some())
+        .await
+        .map_err(|_| format!("timed out after {DIAL_TIMEOUT:?} waiting for {what}").into())
+}
+
+/// Compiles [`Echo`]; returns the model and its target names, the dialer's
+/// first. Each process compiles it to get the same target names.
+fn compile() -> Result<(ModelProto, Vec<String>)> {
+    bytesandbrains::ops::link_force();
+    let model = Compiler::new().compile(Echo.build().map_err(|e| format!("{e:?}"))?)?;
+    let targets = model.functions.iter().map(|f| f.name.clone()).collect();
+    Ok((model, targets))
+}
+
+/// Installs `target` on a Node with the engine PeerId of `key`.
+fn install(key: &Keypair, model: ModelProto, target: &str) -> Result<Node> {
+    let me = to_engine_peer(&key.public().to_peer_id());
+    let node = bytesandbrains::install(
+        me,
+        vec![Address::empty().p2p(me)],
+        model,
+        &[target],
+        bytesandbrains::Config::new(),
+    )?;
+    Ok(node)
+}
+
+fn build_swarm(key: Keypair, node: Node, idle_timeout: Duration) -> Result<Swarm<Behaviour>> {
+    Ok(libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_quic()
+        .with_behaviour(|_| Behaviour::new(node, Config::default()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle_timeout))
+        .build())
+}
+
+/// A value as the Nodes emit it, `bincode(BytesValue)`, as text.
+fn text(value_bytes: &[u8]) -> Result<String> {
+    let BytesValue(bytes) = bincode::deserialize(value_bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
