@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bb_libp2p::{Behaviour, Config, Event};
 use bb_runtime::engine::EngineStep;
-use common::models::{bytes_value, compile, install, peers_value, Other, Ping};
+use common::models::{bytes_value, compile, install, send_value, Other, Ping};
 use common::{connect, memory_swarm, until};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
@@ -31,13 +31,14 @@ async fn wire_timeout_fires_on_time() {
         Behaviour::new(install(&kb, &model, &[&targets[1]]), Config::default()),
     );
     connect(&mut a, &mut b).await;
-    let peers = peers_value(&[*b.local_peer_id()]);
-    let x = bytes_value(b"no reply comes");
     let start = Instant::now();
-    a.behaviour_mut()
-        .node_mut()
-        .invoke(&targets[0], &[("peers", &peers), ("x", &x)])
-        .unwrap();
+    let dest = *b.local_peer_id();
+    send_value(
+        a.behaviour_mut().node_mut(),
+        &targets[0],
+        dest,
+        b"no reply comes",
+    );
     let (wire_req_id, started_at_ns) = until(
         &mut [&mut a, &mut b],
         Duration::from_secs(5),
@@ -113,12 +114,12 @@ async fn send_long_after_start_is_delivered() {
     );
     connect(&mut a, &mut b).await;
     common::run_for(&mut [&mut a, &mut b], SEND_DEADLINE * 3, |_, _| {}).await;
-    let peers = peers_value(&[*b.local_peer_id()]);
-    let x = bytes_value(b"late");
-    a.behaviour_mut()
-        .node_mut()
-        .invoke(&targets[0], &[("peers", &peers), ("x", &x)])
-        .unwrap();
+    let x = send_value(
+        a.behaviour_mut().node_mut(),
+        &targets[0],
+        *b.local_peer_id(),
+        b"late",
+    );
     let got = until(
         &mut [&mut a, &mut b],
         Duration::from_secs(5),
@@ -155,10 +156,7 @@ fn upstream_deadline_gates_still_read_budgets_as_absolute() {
         .framework
         .scheduler
         .set_now(SEND_DEADLINE.as_nanos() as u64 * 2);
-    let peers = peers_value(&[other]);
-    let x = bytes_value(&[1]);
-    node.invoke(&targets[0], &[("peers", &peers), ("x", &x)])
-        .unwrap();
+    send_value(&mut node, &targets[0], other, &[1]);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     let mut failures = Vec::new();
     for _ in 0..10 {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bb_libp2p::Event;
 use bb_runtime::engine::EngineStep;
-use common::models::{bytes_value, compile, install, peers_value, Ping};
+use common::models::{bytes_value, compile, install, send_value, Ping};
 use common::{connect, memory_swarm, run_for, until};
 use libp2p::core::transport::PortUse;
 use libp2p::core::Endpoint;
@@ -97,17 +97,12 @@ async fn composed_with_identify_and_ping() {
     let (mut b, b_polls) = app(&kb, install(&kb, &model, &[&targets[1]]));
     connect(&mut a, &mut b).await;
 
-    let peers = peers_value(&[*b.local_peer_id()]);
+    let dest = *b.local_peer_id();
     let mut identified = [false, false];
     let mut pinged = false;
     let mut got = Vec::new();
     for n in 0u8..3 {
-        let x = bytes_value(&[n; 3]);
-        a.behaviour_mut()
-            .bb
-            .node_mut()
-            .invoke(&targets[0], &[("peers", &peers), ("x", &x)])
-            .unwrap();
+        send_value(a.behaviour_mut().bb.node_mut(), &targets[0], dest, &[n; 3]);
         got.push(
             until(
                 &mut [&mut a, &mut b],
@@ -171,13 +166,12 @@ async fn idle_pair_does_not_busy_poll() {
     let (mut a, a_polls) = app(&ka, install(&ka, &model, &[&targets[0]]));
     let (mut b, b_polls) = app(&kb, install(&kb, &model, &[&targets[1]]));
     connect(&mut a, &mut b).await;
-    let peers = peers_value(&[*b.local_peer_id()]);
-    let x = bytes_value(b"then quiet");
-    a.behaviour_mut()
-        .bb
-        .node_mut()
-        .invoke(&targets[0], &[("peers", &peers), ("x", &x)])
-        .unwrap();
+    send_value(
+        a.behaviour_mut().bb.node_mut(),
+        &targets[0],
+        *b.local_peer_id(),
+        b"then quiet",
+    );
     // The Send's request lives 100 ms in the engine; its WireTimeout is the
     // last thing the engine has to do.
     until(&mut [&mut a, &mut b], Duration::from_secs(5), "A's WireTimeout", |i, e| {

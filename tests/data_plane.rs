@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bb_libp2p::{Behaviour, Config, Event};
 use bb_runtime::engine::EngineStep;
-use common::models::{bytes_value, compile, install, merge, peers_value, Other, Ping, RoundTrip};
+use common::models::{bytes_value, compile, install, merge, send_value, Other, Ping, RoundTrip};
 use common::{connect, memory_swarm, run_for, until};
 use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
@@ -34,12 +34,12 @@ async fn ping(
     sender: &str,
     payload: &[u8],
 ) -> Vec<u8> {
-    let peers = peers_value(&[*b.local_peer_id()]);
-    let x = bytes_value(payload);
-    a.behaviour_mut()
-        .node_mut()
-        .invoke(sender, &[("peers", &peers), ("x", &x)])
-        .unwrap();
+    send_value(
+        a.behaviour_mut().node_mut(),
+        sender,
+        *b.local_peer_id(),
+        payload,
+    );
     until(
         &mut [a, b],
         Duration::from_secs(10),
@@ -94,12 +94,12 @@ async fn round_trip_returns_to_the_sender() {
     let mut b = swarm(kb.clone(), install(&kb, &model, &[&targets[1]]));
     connect(&mut a, &mut b).await;
 
-    let peers = peers_value(&[*b.local_peer_id()]);
-    let x = bytes_value(b"there and back");
-    a.behaviour_mut()
-        .node_mut()
-        .invoke(&targets[0], &[("peers", &peers), ("x", &x)])
-        .unwrap();
+    send_value(
+        a.behaviour_mut().node_mut(),
+        &targets[0],
+        *b.local_peer_id(),
+        b"there and back",
+    );
     let got = until(
         &mut [&mut a, &mut b],
         Duration::from_secs(10),
@@ -178,10 +178,7 @@ fn upstream_still_leaves_send_suffixes_empty() {
         vec![bb_libp2p::p2p_address(&other)],
     )
     .unwrap();
-    let peers = peers_value(&[other]);
-    let x = bytes_value(&[9]);
-    node.invoke(&targets[0], &[("peers", &peers), ("x", &x)])
-        .unwrap();
+    send_value(&mut node, &targets[0], other, &[9]);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     let mut suffixes = Vec::new();
     for _ in 0..10 {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bb_libp2p::{Behaviour, Config, Event, RejectKind, SendFailure};
 use bb_runtime::engine::EngineStep;
-use common::models::{bytes_value, compile, install, peers_value, Ping};
+use common::models::{compile, install, send_value, Ping};
 use common::{connect, memory_swarm, raw_wire, run_for, until};
 use futures::channel::mpsc;
 use futures::StreamExt;
@@ -40,12 +40,7 @@ fn idle_sender_to(dest: PeerId, config: Config) -> (Swarm<Behaviour>, u64) {
 
 fn send_one(a: &mut Swarm<Behaviour>, dest: PeerId) {
     let (_, targets) = compile(Ping);
-    let peers = peers_value(&[dest]);
-    let x = bytes_value(b"lost?");
-    a.behaviour_mut()
-        .node_mut()
-        .invoke(&targets[0], &[("peers", &peers), ("x", &x)])
-        .unwrap();
+    send_value(a.behaviour_mut().node_mut(), &targets[0], dest, b"lost?");
 }
 
 /// Waits for the send failure, checks when it came, and that the engine took

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bb_libp2p::codec::proto::{Reason, Status};
 use bb_libp2p::codec::Ack;
 use bb_libp2p::{Behaviour, Config, Event, RejectKind};
-use common::models::{bytes_value, compile, install, peers_value, Ping};
+use common::models::{bytes_value, compile, install, send_value, Ping};
 use common::{connect, listen, memory_swarm, raw_wire, until};
 use futures::channel::mpsc;
 use futures::StreamExt;
@@ -181,12 +181,12 @@ async fn bad_frames_get_typed_rejections_and_traffic_goes_on() {
         "the raw client stays connected"
     );
     connect(&mut a, &mut b).await;
-    let peers = peers_value(&[dest]);
-    let x = bytes_value(b"still here");
-    a.behaviour_mut()
-        .node_mut()
-        .invoke(&targets[0], &[("peers", &peers), ("x", &x)])
-        .unwrap();
+    send_value(
+        a.behaviour_mut().node_mut(),
+        &targets[0],
+        dest,
+        b"still here",
+    );
     let got = until(
         &mut [&mut a, &mut b],
         Duration::from_secs(10),

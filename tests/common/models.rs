@@ -133,6 +133,16 @@ pub fn install(key: &Keypair, model: &ModelProto, targets: &[&str]) -> Node {
     .expect("install")
 }
 
+/// Invokes a sending `target` (Ping's or RoundTrip's first) on `node`:
+/// `payload` goes to `dest`. Returns the encoded value the receiver sees.
+pub fn send_value(node: &mut Node, target: &str, dest: libp2p::PeerId, payload: &[u8]) -> Vec<u8> {
+    let peers = peers_value(&[dest]);
+    let x = bytes_value(payload);
+    node.invoke(target, &[("peers", &peers), ("x", &x)])
+        .expect("invoke");
+    x
+}
+
 /// The wire encoding of a bytes value, as `invoke` takes it and `AppEvent`
 /// returns it.
 pub fn bytes_value(bytes: &[u8]) -> Vec<u8> {
