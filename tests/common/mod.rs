@@ -25,8 +25,9 @@ pub fn memory_swarm<B: NetworkBehaviour>(key: Keypair, behaviour: B) -> Swarm<B>
         transport,
         behaviour,
         peer,
+        // Long enough for a benchmark's pauses between samples.
         libp2p::swarm::Config::with_tokio_executor()
-            .with_idle_connection_timeout(Duration::from_secs(60)),
+            .with_idle_connection_timeout(Duration::from_secs(3600)),
     )
 }
 
