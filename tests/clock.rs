@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bb_libp2p::{Behaviour, Config, Event};
 use bb_runtime::engine::EngineStep;
-use common::models::{bytes_value, compile, install, send_value, Other, Ping};
+use common::models::{bb_swarm, bytes_value, compile, install, send_value, Other, Ping};
 use common::{connect, memory_swarm, until};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
@@ -21,15 +21,8 @@ const SEND_DEADLINE: Duration = Duration::from_millis(100);
 #[tokio::test(flavor = "current_thread")]
 async fn wire_timeout_fires_on_time() {
     let (model, targets) = compile(Ping);
-    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    let mut a = memory_swarm(
-        ka.clone(),
-        Behaviour::new(install(&ka, &model, &[&targets[0]]), Config::default()),
-    );
-    let mut b = memory_swarm(
-        kb.clone(),
-        Behaviour::new(install(&kb, &model, &[&targets[1]]), Config::default()),
-    );
+    let mut a = bb_swarm(&model, &[&targets[0]]);
+    let mut b = bb_swarm(&model, &[&targets[1]]);
     connect(&mut a, &mut b).await;
     let start = Instant::now();
     let dest = *b.local_peer_id();
@@ -103,15 +96,8 @@ async fn invoke_between_polls_wakes_the_swarm() {
 #[tokio::test(flavor = "current_thread")]
 async fn send_long_after_start_is_delivered() {
     let (model, targets) = compile(Ping);
-    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    let mut a = memory_swarm(
-        ka.clone(),
-        Behaviour::new(install(&ka, &model, &[&targets[0]]), Config::default()),
-    );
-    let mut b = memory_swarm(
-        kb.clone(),
-        Behaviour::new(install(&kb, &model, &[&targets[1]]), Config::default()),
-    );
+    let mut a = bb_swarm(&model, &[&targets[0]]);
+    let mut b = bb_swarm(&model, &[&targets[1]]);
     connect(&mut a, &mut b).await;
     common::run_for(&mut [&mut a, &mut b], SEND_DEADLINE * 3, |_, _| {}).await;
     let x = send_value(

@@ -4,17 +4,15 @@ mod common;
 
 use std::time::Duration;
 
-use bb_libp2p::{Behaviour, Config, Event};
+use bb_libp2p::{Behaviour, Event};
 use bb_runtime::engine::EngineStep;
-use common::models::{bytes_value, compile, install, merge, send_value, Other, Ping, RoundTrip};
-use common::{connect, memory_swarm, run_for, until};
+use common::models::{
+    bb_swarm, bytes_value, compile, install, merge, send_value, Other, Ping, RoundTrip,
+};
+use common::{connect, run_for, until};
 use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
 use libp2p::Swarm;
-
-fn swarm(key: Keypair, node: bytesandbrains::Node) -> Swarm<Behaviour> {
-    memory_swarm(key, Behaviour::new(node, Config::default()))
-}
 
 /// Engine steps that mean a fill was lost.
 fn is_wire_failure(event: &SwarmEvent<Event>) -> bool {
@@ -66,9 +64,8 @@ async fn ping(
 #[tokio::test(flavor = "current_thread")]
 async fn value_crosses_to_the_receiving_partition() {
     let (model, targets) = compile(Ping);
-    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    let mut a = swarm(ka.clone(), install(&ka, &model, &[&targets[0]]));
-    let mut b = swarm(kb.clone(), install(&kb, &model, &[&targets[1]]));
+    let mut a = bb_swarm(&model, &[&targets[0]]);
+    let mut b = bb_swarm(&model, &[&targets[1]]);
     connect(&mut a, &mut b).await;
 
     let got = ping(&mut a, &mut b, &targets[0], &[1, 2, 3, 4]).await;
@@ -89,9 +86,8 @@ async fn value_crosses_to_the_receiving_partition() {
 #[tokio::test(flavor = "current_thread")]
 async fn round_trip_returns_to_the_sender() {
     let (model, targets) = compile(RoundTrip);
-    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    let mut a = swarm(ka.clone(), install(&ka, &model, &[&targets[0]]));
-    let mut b = swarm(kb.clone(), install(&kb, &model, &[&targets[1]]));
+    let mut a = bb_swarm(&model, &[&targets[0]]);
+    let mut b = bb_swarm(&model, &[&targets[1]]);
     connect(&mut a, &mut b).await;
 
     send_value(
@@ -141,9 +137,8 @@ async fn delivery_does_not_depend_on_install_order() {
         ("receiver installed first", vec![recv, other]),
     ];
     for (n, (label, receiver_targets)) in cases.into_iter().enumerate() {
-        let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-        let mut a = swarm(ka.clone(), install(&ka, &ping_model, &[send]));
-        let mut b = swarm(kb.clone(), install(&kb, &merged, &receiver_targets));
+        let mut a = bb_swarm(&ping_model, &[send]);
+        let mut b = bb_swarm(&merged, &receiver_targets);
         connect(&mut a, &mut b).await;
         let payload = [n as u8, 42];
         let got = ping(&mut a, &mut b, send, &payload).await;
@@ -202,9 +197,8 @@ fn upstream_still_leaves_send_suffixes_empty() {
 #[tokio::test(flavor = "current_thread")]
 async fn unconnected_peer_is_dialled() {
     let (model, targets) = compile(Ping);
-    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    let mut a = swarm(ka.clone(), install(&ka, &model, &[&targets[0]]));
-    let mut b = swarm(kb.clone(), install(&kb, &model, &[&targets[1]]));
+    let mut a = bb_swarm(&model, &[&targets[0]]);
+    let mut b = bb_swarm(&model, &[&targets[1]]);
     let addr = common::listen(&mut b).await;
     let dest = *b.local_peer_id();
     a.add_peer_address(dest, addr);

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bb_libp2p::codec::proto::{Reason, Status};
 use bb_libp2p::codec::Ack;
-use bb_libp2p::{Behaviour, Config, Event, RejectKind};
-use common::models::{bytes_value, compile, install, send_value, Ping};
+use bb_libp2p::{Event, RejectKind};
+use common::models::{bb_swarm, bytes_value, compile, send_value, Ping};
 use common::{connect, listen, memory_swarm, raw_wire, until};
 use futures::channel::mpsc;
 use futures::StreamExt;
@@ -86,15 +86,8 @@ fn raw_client(
 #[tokio::test(flavor = "current_thread")]
 async fn bad_frames_get_typed_rejections_and_traffic_goes_on() {
     let (model, targets) = compile(Ping);
-    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    let mut a = memory_swarm(
-        ka.clone(),
-        Behaviour::new(install(&ka, &model, &[&targets[0]]), Config::default()),
-    );
-    let mut b = memory_swarm(
-        kb.clone(),
-        Behaviour::new(install(&kb, &model, &[&targets[1]]), Config::default()),
-    );
+    let mut a = bb_swarm(&model, &[&targets[0]]);
+    let mut b = bb_swarm(&model, &[&targets[1]]);
     let addr = listen(&mut b).await;
     let dest = *b.local_peer_id();
     let (mut frames, mut responses) = raw_client(dest, addr);

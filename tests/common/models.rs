@@ -133,6 +133,17 @@ pub fn install(key: &Keypair, model: &ModelProto, targets: &[&str]) -> Node {
     .expect("install")
 }
 
+/// A memory-transport swarm whose behaviour runs `targets` of `model` on a
+/// Node with a fresh identity.
+pub fn bb_swarm(model: &ModelProto, targets: &[&str]) -> libp2p::Swarm<bb_libp2p::Behaviour> {
+    let key = Keypair::generate_ed25519();
+    let node = install(&key, model, targets);
+    super::memory_swarm(
+        key,
+        bb_libp2p::Behaviour::new(node, bb_libp2p::Config::default()),
+    )
+}
+
 /// Invokes a sending `target` (Ping's or RoundTrip's first) on `node`:
 /// `payload` goes to `dest`. Returns the encoded value the receiver sees.
 pub fn send_value(node: &mut Node, target: &str, dest: libp2p::PeerId, payload: &[u8]) -> Vec<u8> {
