@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::task::{Context, Poll};
 
-use bb_runtime::engine::{Engine, EngineStep};
+use bb_runtime::engine::EngineStep;
 use bb_runtime::envelope::WireEnvelope;
 use bb_runtime::ingress::IngressEvent;
 use bb_runtime::node::Node;
@@ -93,8 +93,15 @@ impl Behaviour {
                 None
             }
         };
-        let sites = Sites::bridge(&mut node);
-        clock::disarm_deadline_gates(node.engine_install_handle());
+        let mut sites = Sites::new();
+        let engine = node.engine_install_handle();
+        let names: Vec<String> = engine.graphs_named().map(|(n, _)| n.to_string()).collect();
+        for name in names {
+            if let Some(graph) = engine.graph_mut(&name) {
+                sites.bridge(&name, graph);
+                clock::disarm_deadline_gates(graph);
+            }
+        }
         match node.run_bootstrap(&[]) {
             Ok(steps) => early_steps.extend(steps),
             Err(error) => events.push_back(Event::BootstrapFailed(error)),
@@ -142,10 +149,6 @@ impl Behaviour {
     /// Outbound envelopes that have neither been acknowledged nor failed.
     pub fn envelopes_in_flight(&self) -> usize {
         self.in_flight.len()
-    }
-
-    fn engine(&mut self) -> &mut Engine {
-        self.node.engine_install_handle()
     }
 
     fn on_step(&mut self, step: EngineStep) {
@@ -265,6 +268,9 @@ impl Behaviour {
     }
 
     fn flush_engine_backlog(&mut self) {
+        if self.engine_backlog.is_empty() {
+            return;
+        }
         let ingress = self.node.ingress_handle();
         while let Some(event) = self.engine_backlog.pop_front() {
             if let Err(event) = ingress.push(event) {
@@ -395,7 +401,7 @@ impl Behaviour {
             return;
         }
         let engine_peer = to_engine_peer(&peer);
-        let book = &mut self.engine().framework.address_book;
+        let book = &mut self.node.engine_install_handle().framework.address_book;
         let added = match book.lookup(engine_peer) {
             // The engine's own entry: add the address, leave its count alone.
             Some(_) => book

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bb_runtime::engine::Engine;
+use bb_runtime::engine::{Engine, GraphSlot};
 use bb_runtime::framework::Scheduler;
 use futures::FutureExt;
 use futures_timer::Delay;
@@ -123,34 +123,24 @@ const SYSCALL_DOMAIN: &str = "ai.bytesandbrains.syscall";
 const DEADLINE_CHECK: &str = "DeadlineCheck";
 const DEADLINE_NS: &str = "deadline_ns";
 
-/// Lets every `DeadlineCheck` gate pass, since each one holds a relative
-/// budget that the op reads as an absolute time (see the module docs). The
-/// budget still bounds the work it guards: `wire.Send` gives its request that
-/// time to live, and the engine's `WireTimeout` ends it. Returns the number
-/// of gates changed.
+/// Lets every `DeadlineCheck` gate of `graph` pass, since each one holds a
+/// relative budget that the op reads as an absolute time (see the module
+/// docs). The budget still bounds the work it guards: `wire.Send` gives its
+/// request that time to live, and the engine's `WireTimeout` ends it.
 ///
 /// `tests/clock.rs::upstream_deadline_gates_still_read_budgets_as_absolute`
 /// fails when upstream changes the gate, so this can be retired.
-pub(crate) fn disarm_deadline_gates(engine: &mut Engine) -> usize {
-    let names: Vec<String> = engine.graphs_named().map(|(n, _)| n.to_string()).collect();
-    let mut changed = 0;
-    for name in names {
-        let Some(graph) = engine.graph_mut(&name) else {
-            continue;
-        };
-        let gates = graph
-            .function
-            .node
-            .iter_mut()
-            .filter(|n| n.domain == SYSCALL_DOMAIN && n.op_type == DEADLINE_CHECK);
-        for gate in gates {
-            for attr in gate.attribute.iter_mut().filter(|a| a.name == DEADLINE_NS) {
-                attr.i = i64::MAX;
-                changed += 1;
-            }
+pub(crate) fn disarm_deadline_gates(graph: &mut GraphSlot) {
+    let gates = graph
+        .function
+        .node
+        .iter_mut()
+        .filter(|n| n.domain == SYSCALL_DOMAIN && n.op_type == DEADLINE_CHECK);
+    for gate in gates {
+        for attr in gate.attribute.iter_mut().filter(|a| a.name == DEADLINE_NS) {
+            attr.i = i64::MAX;
         }
     }
-    changed
 }
 
 /// The earliest timer maturity in the heap. The heap is private; its

@@ -48,10 +48,10 @@ use std::collections::HashMap;
 
 use bb_ir::keys::DEST_SUFFIX_ATTR_PREFIX;
 use bb_ir::proto::onnx::NodeProto;
+use bb_runtime::engine::GraphSlot;
 use bb_runtime::envelope::WireEnvelope;
 use bb_runtime::framework::Address;
 use bb_runtime::ids::NodeSiteId;
-use bb_runtime::node::Node;
 
 const WIRE_DOMAIN: &str = "ai.bytesandbrains.wire";
 const SYNTHESIZED_FROM_SEND: &str = "ai.bytesandbrains.synthesized_from_send";
@@ -80,7 +80,7 @@ fn local_only_suffix() -> Vec<u8> {
 }
 
 /// What a Node needs to send and receive data-plane values across Nodes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Sites {
     /// Portable id -> this Node's Recv payload site.
     inbound: HashMap<u64, NodeSiteId>,
@@ -88,52 +88,49 @@ pub(crate) struct Sites {
 }
 
 impl Sites {
-    /// Stamps the Node's Sends and learns its Recv sites.
-    pub(crate) fn bridge(node: &mut Node) -> Self {
-        let engine = node.engine_install_handle();
-        let names: Vec<String> = engine.graphs_named().map(|(n, _)| n.to_string()).collect();
-        let mut sites = Sites {
+    pub(crate) fn new() -> Self {
+        Self {
             inbound: HashMap::new(),
             local_only: local_only_suffix(),
-        };
-        for name in names {
-            let Some(graph) = engine.graph_mut(&name) else {
+        }
+    }
+
+    /// Stamps the graph's Sends and, for an entry graph, learns its Recv
+    /// sites. Called for every installed graph, in install order.
+    pub(crate) fn bridge(&mut self, name: &str, graph: &mut GraphSlot) {
+        for send in graph
+            .function
+            .node
+            .iter_mut()
+            .filter(|n| is_wire(n, "Send"))
+        {
+            stamp_send(send, &self.local_only);
+        }
+        if !graph.is_entry_point {
+            return;
+        }
+        for recv in graph.function.node.iter().filter(|n| is_wire(n, "Recv")) {
+            let port = recv
+                .metadata_props
+                .iter()
+                .find(|p| p.key == SYNTHESIZED_FROM_SEND)
+                .map(|p| p.value.as_str());
+            let site = recv.output.first().and_then(|o| graph.site_names.get(o));
+            let (Some(port), Some(site)) = (port, site) else {
                 continue;
             };
-            for send in graph
-                .function
-                .node
-                .iter_mut()
-                .filter(|n| is_wire(n, "Send"))
-            {
-                stamp_send(send, &sites.local_only);
-            }
-            if !graph.is_entry_point {
-                continue;
-            }
-            for recv in graph.function.node.iter().filter(|n| is_wire(n, "Recv")) {
-                let port = recv
-                    .metadata_props
-                    .iter()
-                    .find(|p| p.key == SYNTHESIZED_FROM_SEND)
-                    .map(|p| p.value.as_str());
-                let site = recv.output.first().and_then(|o| graph.site_names.get(o));
-                if let (Some(port), Some(site)) = (port, site) {
-                    let id = portable_site_id(port);
-                    if let Some(first) = sites.inbound.get(&id) {
-                        tracing::warn!(
-                            port,
-                            graph = name,
-                            kept = %first,
-                            "two installed Recvs for one port; values go to the first installed"
-                        );
-                    } else {
-                        sites.inbound.insert(id, *site);
-                    }
-                }
+            let id = portable_site_id(port);
+            if let Some(first) = self.inbound.get(&id) {
+                tracing::warn!(
+                    port,
+                    graph = name,
+                    kept = %first,
+                    "two installed Recvs for one port; values go to the first installed"
+                );
+            } else {
+                self.inbound.insert(id, *site);
             }
         }
-        sites
     }
 
     /// Removes fills that only mean something on this Node.
