@@ -158,24 +158,7 @@ async fn closed_connection_fails_the_envelope() {
     .await;
     run_for(&mut [&mut a], Duration::from_millis(100), |_, _| {}).await;
     close.try_send(()).unwrap();
-    let reason = until(
-        &mut [&mut a],
-        Duration::from_secs(5),
-        "SendFailed",
-        |_, e| match e {
-            SwarmEvent::Behaviour(Event::SendFailed {
-                peer,
-                wire_req_id,
-                reason,
-                ..
-            }) => {
-                assert_eq!((peer, wire_req_id), (Some(dest), id));
-                Some(reason)
-            }
-            _ => None,
-        },
-    )
-    .await;
+    let reason = expect_failure(&mut a, dest, id).await;
     assert_eq!(reason, SendFailure::ConnectionClosed);
     assert_eq!(reason.label(), "connection_closed");
 }
