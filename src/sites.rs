@@ -32,6 +32,9 @@
 //!   graphs (library copies of other partitions hold the same Recv; they are
 //!   not where values are read).
 //!
+//! The bridge sees the graphs installed when the behaviour is created;
+//! install every target before wrapping the Node.
+//!
 //! Portable ids have the top bit set; engine-allocated ids count up from 0,
 //! so the two never meet.
 //!
