@@ -9,17 +9,21 @@ use bb_runtime::ingress::IngressEvent;
 use bb_runtime::node::Node;
 use libp2p::core::transport::PortUse;
 use libp2p::core::Endpoint;
+use libp2p::peer_store::memory_store;
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{
-    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+    behaviour::ConnectionEstablished, CloseConnection, ConnectionClosed, ConnectionDenied,
+    ConnectionId, FromSwarm, NetworkBehaviour, NewExternalAddrOfPeer, THandler, THandlerInEvent,
     THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId};
 use prost::Message;
 
+use crate::address_book::PeerBook;
+use crate::admission;
 use crate::clock::{self, Clock};
 use crate::codec::{self, Ack, Codec, Request, MAX_DETAIL_BYTES, PROTOCOL_NAME};
-use crate::event::{Event, RejectKind, Rejection, SendFailure};
+use crate::event::{Denial, Event, PeerDenied, RejectKind, Rejection, SendFailure};
 use crate::peer::{p2p_address, peer_of_address, to_engine_peer, to_libp2p_peer};
 use crate::sites::Sites;
 use crate::Config;
@@ -36,8 +40,32 @@ const ENGINE_CYCLES_PER_POLL: usize = 32;
 /// sends is pushed into the Node's ingress as
 /// `IngressEvent::EnvelopeFrom`, attributed to the connection's
 /// authenticated `PeerId`, and acknowledged. The behaviour moves the engine's
-/// clock, keeps every connected peer resolvable by the engine's `wire.Send`,
-/// and bridges the engine's cross-Node data plane (see [`crate::sites`]).
+/// clock and bridges the engine's cross-Node data plane (see
+/// [`crate::sites`]).
+///
+/// # Peers
+///
+/// Every peer the swarm can reach is resolvable by the engine's `wire.Send`:
+/// a connected peer, and a peer whose address the swarm learned
+/// (`FromSwarm::NewExternalAddrOfPeer`, which `identify` and
+/// `Swarm::add_peer_address` raise). The engine's AddressBook then holds
+/// `/p2p/<peer>` for it; the behaviour keeps the dialable addresses and
+/// offers them when the swarm dials the peer. A peer with neither a
+/// connection nor an address is released from the engine's book (only this
+/// behaviour's reference; entries the engine's protocols hold stay). With a
+/// `libp2p::peer_store` beside it, pass the store's events to
+/// [`Behaviour::on_peer_store_event`] so that what the store forgets, the
+/// engine forgets.
+///
+/// The Node's PeerGovernor decides admission: a peer blocked with
+/// `node_mut().block_peer(..)`, or left off `node_mut().set_allowlist(..)`,
+/// gets no connection in either direction, its open connections are closed
+/// ([`Event::ConnectionDenied`], [`Event::PeerDisconnected`]) and its
+/// envelopes never reach the engine. A peer that keeps failing (dial
+/// failures, timeouts, closed connections) is backed off: it is not dialled
+/// again until its back-off passes, and sends to it fail at once with
+/// [`SendFailure::Backoff`]; past the governor's threshold the behaviour
+/// reports [`Event::PeerDown`], and [`Event::PeerUp`] when it answers again.
 ///
 /// The Node is `!Send`, so this behaviour and its swarm are too: run the
 /// swarm on one task (a current-thread runtime, a `LocalSet`, or
@@ -52,9 +80,14 @@ pub struct Behaviour {
     max_envelope_bytes: usize,
     /// Outbound envelopes awaiting their acknowledgement: peer, wire_req_id.
     in_flight: HashMap<OutboundRequestId, (PeerId, u64)>,
-    /// Peers whose `/p2p/<peer>` AddressBook entry this behaviour holds a
-    /// reference on.
-    resolvable: HashSet<PeerId>,
+    /// Peers made resolvable to the engine, with their dialable addresses.
+    peers: PeerBook,
+    /// Denied peers whose connections the swarm has been asked to close.
+    disconnecting: HashSet<PeerId>,
+    /// Requests for the swarm (closing denied peers' connections).
+    actions: VecDeque<ToSwarm<Event, THandlerInEvent<Self>>>,
+    /// The Node was handed out mutably: its peer policy may have changed.
+    policy_dirty: bool,
     /// Steps the Node produced outside `poll` (bootstrap).
     early_steps: VecDeque<EngineStep>,
     /// Send failures the engine has not taken yet (its ingress was full).
@@ -126,7 +159,10 @@ impl Behaviour {
             emit_op_steps: config.op_steps(),
             max_envelope_bytes,
             in_flight: HashMap::new(),
-            resolvable: HashSet::new(),
+            peers: PeerBook::default(),
+            disconnecting: HashSet::new(),
+            actions: VecDeque::new(),
+            policy_dirty: false,
             early_steps,
             engine_backlog: VecDeque::new(),
             events,
@@ -140,10 +176,53 @@ impl Behaviour {
     }
 
     /// The Node, to invoke Modules, deliver events, block peers. Work pushed
-    /// through it wakes the swarm's task; no further call is needed.
+    /// through it wakes the swarm's task, and a peer it now blocks (or
+    /// leaves off its allowlist) is disconnected on the swarm's next poll; no
+    /// further call is needed.
     pub fn node_mut(&mut self) -> &mut Node {
         self.clock_dirty = true;
+        self.policy_dirty = true;
         &mut self.node
+    }
+
+    /// Keeps the engine in step with a `libp2p::peer_store::MemoryStore`
+    /// composed beside this behaviour: an added address makes the peer
+    /// resolvable, a removed one is forgotten, and the peer is released
+    /// from the engine's AddressBook once it has no address and no
+    /// connection. Pass every event of the store here.
+    pub fn on_peer_store_event(&mut self, event: &memory_store::Event) {
+        match event {
+            memory_store::Event::PeerAddressAdded {
+                peer_id, address, ..
+            } => self.learn(*peer_id, address),
+            memory_store::Event::PeerAddressRemoved { peer_id, address } => {
+                self.remove_address(peer_id, address);
+            }
+        }
+    }
+
+    /// Forgets one dialable address of `peer` (in either form, with or
+    /// without `/p2p/<peer>`). Returns whether it was known.
+    pub fn remove_address(&mut self, peer: &PeerId, address: &Multiaddr) -> bool {
+        let book = &mut self.node.engine_install_handle().framework.address_book;
+        self.peers.forget(book, *peer, address)
+    }
+
+    /// Forgets every dialable address of `peer`; it stays resolvable while
+    /// it is connected.
+    pub fn remove_peer(&mut self, peer: &PeerId) {
+        let book = &mut self.node.engine_install_handle().framework.address_book;
+        self.peers.forget_peer(book, *peer);
+    }
+
+    /// Whether this behaviour has made `peer` resolvable to the engine.
+    pub fn is_known(&self, peer: &PeerId) -> bool {
+        self.peers.is_known(peer)
+    }
+
+    /// How many peers this behaviour has made resolvable to the engine.
+    pub fn known_peers(&self) -> usize {
+        self.peers.len()
     }
 
     /// Outbound envelopes that have neither been acknowledged nor failed.
@@ -181,6 +260,19 @@ impl Behaviour {
         };
         if Some(peer) == self.local_peer {
             return self.deliver_locally(peer, wire_req_id, envelope);
+        }
+        if let Some(denial) = admission::denial(self.node.engine_install_handle(), &peer) {
+            return self.fail(Some(peer), wire_req_id, None, SendFailure::Denied(denial));
+        }
+        if !self.peers.is_connected(&peer) {
+            if let Some(retry_in) = admission::cooldown(self.node.engine_install_handle(), &peer) {
+                return self.fail(
+                    Some(peer),
+                    wire_req_id,
+                    None,
+                    SendFailure::Backoff { retry_in },
+                );
+            }
         }
         let size = envelope.encoded_len();
         if size > self.max_envelope_bytes {
@@ -241,6 +333,9 @@ impl Behaviour {
         reason: SendFailure,
     ) {
         tracing::debug!(?peer, wire_req_id, %reason, "envelope not delivered");
+        if let Some(peer) = peer.filter(|_| reason.is_unreachable()) {
+            self.peer_failed(peer);
+        }
         self.tell_engine(IngressEvent::SendFailed {
             wire_req_id,
             peer: peer.map(|p| p.to_bytes()).unwrap_or_default(),
@@ -330,11 +425,14 @@ impl Behaviour {
                     return;
                 };
                 match ack_verdict(&response) {
-                    Ok(()) => self.events.push_back(Event::EnvelopeAcknowledged {
-                        peer,
-                        wire_req_id,
-                        request_id,
-                    }),
+                    Ok(()) => {
+                        self.peer_answered(peer);
+                        self.events.push_back(Event::EnvelopeAcknowledged {
+                            peer,
+                            wire_req_id,
+                            request_id,
+                        });
+                    }
                     Err(reason) => self.fail(Some(peer), wire_req_id, Some(request_id), reason),
                 }
             }
@@ -379,6 +477,14 @@ impl Behaviour {
 
     /// Hands a decoded envelope from `peer` to the engine.
     fn accept(&mut self, peer: PeerId, mut envelope: WireEnvelope) -> Result<(), Rejection> {
+        // A request already on its way when the peer was denied (its
+        // connection is closing) must not reach the engine either.
+        if let Some(denial) = admission::denial(self.node.engine_install_handle(), &peer) {
+            return Err(Rejection::new(
+                RejectKind::Denied,
+                format!("peer {peer} denied: {denial}"),
+            ));
+        }
         self.sites.inbound(&mut envelope);
         let event = IngressEvent::EnvelopeFrom {
             // The connection's authenticated identity, never the envelope's
@@ -395,28 +501,100 @@ impl Behaviour {
             .map_err(|_| self.busy())
     }
 
-    /// Makes `peer` resolvable by the engine's `wire.Send`.
-    fn on_connected(&mut self, peer: PeerId) {
-        if self.resolvable.contains(&peer) {
+    /// Makes `peer` resolvable by the engine's `wire.Send` through a learned
+    /// address.
+    fn learn(&mut self, peer: PeerId, address: &Multiaddr) {
+        if Some(peer) == self.local_peer {
             return;
         }
-        let engine_peer = to_engine_peer(&peer);
         let book = &mut self.node.engine_install_handle().framework.address_book;
-        let added = match book.lookup(engine_peer) {
-            // The engine's own entry: add the address, leave its count alone.
-            Some(_) => book
-                .register_address(engine_peer, p2p_address(&peer))
-                .map(|_| false),
-            None => book
-                .add_peer(engine_peer, vec![p2p_address(&peer)])
-                .map(|_| true),
+        if let Err(e) = self.peers.learn(book, peer, address) {
+            tracing::warn!(%peer, "engine AddressBook refused the peer: {e}");
+        }
+    }
+
+    fn on_connection_established(&mut self, established: &ConnectionEstablished) {
+        let peer = established.peer_id;
+        let dialed = established
+            .endpoint
+            .is_dialer()
+            .then(|| established.endpoint.get_remote_address());
+        let book = &mut self.node.engine_install_handle().framework.address_book;
+        if let Err(e) = self.peers.connected(book, peer, dialed) {
+            tracing::warn!(%peer, "engine AddressBook refused the peer: {e}");
+        }
+        self.peer_answered(peer);
+    }
+
+    fn on_connection_closed(&mut self, closed: &ConnectionClosed) {
+        let peer = closed.peer_id;
+        let book = &mut self.node.engine_install_handle().framework.address_book;
+        self.peers
+            .disconnected(book, peer, closed.remaining_established);
+        if closed.remaining_established == 0 {
+            self.disconnecting.remove(&peer);
+        }
+    }
+
+    /// Refuses a connection with a denied peer.
+    fn admit(
+        &mut self,
+        peer: PeerId,
+        connection_id: ConnectionId,
+        endpoint: Endpoint,
+    ) -> Result<(), ConnectionDenied> {
+        let Some(reason) = admission::denial(self.node.engine_install_handle(), &peer) else {
+            return Ok(());
         };
-        match added {
-            Ok(true) => {
-                self.resolvable.insert(peer);
-            }
-            Ok(false) => {}
-            Err(e) => tracing::warn!(%peer, "engine AddressBook refused the peer: {e:?}"),
+        tracing::debug!(%peer, %reason, ?endpoint, "connection denied");
+        self.events.push_back(Event::ConnectionDenied {
+            peer,
+            connection_id,
+            endpoint,
+            reason,
+        });
+        Err(ConnectionDenied::new(PeerDenied { peer, reason }))
+    }
+
+    /// Closes the connections of connected peers the Node now denies.
+    fn enforce_policy(&mut self) {
+        self.policy_dirty = false;
+        let engine = self.node.engine_install_handle();
+        let denied: Vec<(PeerId, Denial)> = self
+            .peers
+            .connected_peers()
+            .filter(|p| !self.disconnecting.contains(p))
+            .filter_map(|p| admission::denial(engine, &p).map(|d| (p, d)))
+            .collect();
+        for (peer, reason) in denied {
+            tracing::debug!(%peer, %reason, "closing a denied peer's connections");
+            self.disconnecting.insert(peer);
+            self.actions.push_back(ToSwarm::CloseConnection {
+                peer_id: peer,
+                connection: CloseConnection::All,
+            });
+            self.events
+                .push_back(Event::PeerDisconnected { peer, reason });
+        }
+    }
+
+    fn peer_failed(&mut self, peer: PeerId) {
+        self.clock.advance(self.node.engine_install_handle());
+        if let Some(consecutive_failures) =
+            admission::record_failure(self.node.engine_install_handle(), &peer)
+        {
+            tracing::debug!(%peer, consecutive_failures, "peer down");
+            self.events.push_back(Event::PeerDown {
+                peer,
+                consecutive_failures,
+            });
+        }
+    }
+
+    fn peer_answered(&mut self, peer: PeerId) {
+        if admission::record_success(self.node.engine_install_handle(), &peer) {
+            tracing::debug!(%peer, "peer up");
+            self.events.push_back(Event::PeerUp { peer });
         }
     }
 
@@ -465,6 +643,7 @@ fn rejection_ack(rejection: &Rejection) -> Ack {
         RejectKind::Malformed => Reason::Malformed,
         RejectKind::CapsExceeded => Reason::CapsExceeded,
         RejectKind::Busy => Reason::Busy,
+        RejectKind::Denied => Reason::Denied,
         RejectKind::Timeout | RejectKind::Stream | RejectKind::Unknown => Reason::None,
     };
     let mut detail = rejection.detail.clone();
@@ -495,6 +674,7 @@ fn ack_verdict(ack: &Ack) -> Result<(), SendFailure> {
                 Ok(Reason::Malformed) => RejectKind::Malformed,
                 Ok(Reason::CapsExceeded) => RejectKind::CapsExceeded,
                 Ok(Reason::Busy) => RejectKind::Busy,
+                Ok(Reason::Denied) => RejectKind::Denied,
                 Ok(Reason::None) | Err(_) => RejectKind::Unknown,
             };
             Err(SendFailure::Rejected(Rejection::new(
@@ -531,6 +711,7 @@ impl NetworkBehaviour for Behaviour {
         local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.admit(peer, connection_id, Endpoint::Listener)?;
         self.inner.handle_established_inbound_connection(
             connection_id,
             peer,
@@ -546,12 +727,23 @@ impl NetworkBehaviour for Behaviour {
         addresses: &[Multiaddr],
         effective_role: Endpoint,
     ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
-        self.inner.handle_pending_outbound_connection(
+        let Some(peer) = maybe_peer else {
+            return self.inner.handle_pending_outbound_connection(
+                connection_id,
+                maybe_peer,
+                addresses,
+                effective_role,
+            );
+        };
+        self.admit(peer, connection_id, Endpoint::Dialer)?;
+        let mut extra = self.inner.handle_pending_outbound_connection(
             connection_id,
             maybe_peer,
             addresses,
             effective_role,
-        )
+        )?;
+        extra.extend(self.peers.dial_addresses(&peer, addresses));
+        Ok(extra)
     }
 
     fn handle_established_outbound_connection(
@@ -562,6 +754,8 @@ impl NetworkBehaviour for Behaviour {
         role_override: Endpoint,
         port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        // A dial by address alone learns the peer only here.
+        self.admit(peer, connection_id, Endpoint::Dialer)?;
         self.inner.handle_established_outbound_connection(
             connection_id,
             peer,
@@ -572,8 +766,17 @@ impl NetworkBehaviour for Behaviour {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
-        if let FromSwarm::ConnectionEstablished(established) = &event {
-            self.on_connected(established.peer_id);
+        match &event {
+            FromSwarm::ConnectionEstablished(established) => {
+                self.on_connection_established(established)
+            }
+            FromSwarm::ConnectionClosed(closed) => self.on_connection_closed(closed),
+            // Addresses that arrive here are never raised again (they would
+            // loop back to every behaviour).
+            FromSwarm::NewExternalAddrOfPeer(NewExternalAddrOfPeer { peer_id, addr }) => {
+                self.learn(*peer_id, addr)
+            }
+            _ => {}
         }
         self.inner.on_swarm_event(event);
     }
@@ -592,6 +795,12 @@ impl NetworkBehaviour for Behaviour {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
         let mut cycles = 0;
         loop {
+            if self.policy_dirty {
+                self.enforce_policy();
+            }
+            if let Some(action) = self.actions.pop_front() {
+                return Poll::Ready(action);
+            }
             if let Some(event) = self.events.pop_front() {
                 return Poll::Ready(ToSwarm::GenerateEvent(event));
             }

@@ -1,9 +1,11 @@
 //! What the [`Behaviour`](crate::Behaviour) reports to the swarm.
 
 use std::fmt;
+use std::time::Duration;
 
 use bb_runtime::engine::EngineStep;
 use bb_runtime::errors::BootstrapError;
+use libp2p::core::Endpoint;
 use libp2p::request_response::{InboundRequestId, OutboundRequestId};
 use libp2p::swarm::ConnectionId;
 use libp2p::PeerId;
@@ -56,6 +58,45 @@ pub enum Event {
         /// Why.
         rejection: Rejection,
     },
+    /// The Node's PeerGovernor denies `peer`, so the behaviour refused a
+    /// connection with it. The swarm reports the same refusal as a
+    /// `DialFailure` or `IncomingConnectionError` whose cause downcasts to
+    /// [`PeerDenied`].
+    ConnectionDenied {
+        /// The refused peer.
+        peer: PeerId,
+        /// The refused connection.
+        connection_id: ConnectionId,
+        /// `Dialer` when this side dialled, `Listener` when the peer did.
+        endpoint: Endpoint,
+        /// Why.
+        reason: Denial,
+    },
+    /// The Node's PeerGovernor now denies a connected peer (after
+    /// `block_peer` or `set_allowlist`): the behaviour asked the swarm to
+    /// close every connection with it.
+    PeerDisconnected {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: Denial,
+    },
+    /// A peer reached the PeerGovernor's failure threshold (consecutive
+    /// dial failures, timeouts or closed connections on sends to it). The
+    /// behaviour dials it again only once each back-off has passed; the
+    /// back-off doubles with every failed attempt, up to a minute.
+    PeerDown {
+        /// The peer.
+        peer: PeerId,
+        /// Consecutive failures so far.
+        consecutive_failures: u32,
+    },
+    /// A peer that was down answered again (an acknowledgement or a new
+    /// connection).
+    PeerUp {
+        /// The peer.
+        peer: PeerId,
+    },
     /// The Node's bootstrap could not run when the behaviour was created;
     /// its body ops stay parked.
     BootstrapFailed(BootstrapError),
@@ -93,6 +134,14 @@ pub enum SendFailure {
     Io(String),
     /// The peer read the envelope and refused it.
     Rejected(Rejection),
+    /// The Node's PeerGovernor denies the peer; nothing was sent.
+    Denied(Denial),
+    /// The peer is not connected and its back-off after failed attempts has
+    /// not passed; it was not dialled.
+    Backoff {
+        /// Time left until the next attempt is allowed.
+        retry_in: Duration,
+    },
 }
 
 impl SendFailure {
@@ -109,7 +158,24 @@ impl SendFailure {
             SendFailure::UnsupportedProtocol => "unsupported_protocol",
             SendFailure::Io(_) => "io",
             SendFailure::Rejected(_) => "nak",
+            SendFailure::Denied(_) => "denied",
+            SendFailure::Backoff { .. } => "backoff",
         }
+    }
+
+    /// Whether the failure says the peer could not be reached (dial failure,
+    /// timeout, closed connection, stream error, unsupported protocol). These
+    /// count towards the peer's back-off and the PeerGovernor's failure
+    /// streak; a refusal, a local decision or an oversize envelope do not.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            SendFailure::DialFailure
+                | SendFailure::Timeout
+                | SendFailure::ConnectionClosed
+                | SendFailure::UnsupportedProtocol
+                | SendFailure::Io(_)
+        )
     }
 }
 
@@ -130,6 +196,10 @@ impl fmt::Display for SendFailure {
             }
             SendFailure::Io(e) => write!(f, "stream error: {e}"),
             SendFailure::Rejected(r) => write!(f, "peer refused the envelope: {r}"),
+            SendFailure::Denied(d) => write!(f, "peer denied: {d}"),
+            SendFailure::Backoff { retry_in } => {
+                write!(f, "peer unreachable, next attempt in {retry_in:?}")
+            }
         }
     }
 }
@@ -175,6 +245,9 @@ pub enum RejectKind {
     CapsExceeded,
     /// The receiver's engine ingress is full.
     Busy,
+    /// The receiver's PeerGovernor denies the sender (blocked, or not on
+    /// its allowlist).
+    Denied,
     /// The envelope did not arrive, or could not be answered, within the
     /// request timeout (a peer trickling bytes ends here). Never sent in an
     /// acknowledgement.
@@ -196,9 +269,54 @@ impl RejectKind {
             RejectKind::Malformed => "malformed",
             RejectKind::CapsExceeded => "caps_exceeded",
             RejectKind::Busy => "busy",
+            RejectKind::Denied => "denied",
             RejectKind::Timeout => "timeout",
             RejectKind::Stream => "stream",
             RejectKind::Unknown => "unknown",
         }
     }
 }
+
+/// Why the Node's PeerGovernor denies a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Denial {
+    /// The peer is on the blocklist (`Node::block_peer`).
+    Blocked,
+    /// An allowlist is set (`Node::set_allowlist`) and the peer is not on it.
+    NotAllowlisted,
+}
+
+impl Denial {
+    /// A stable lower-case label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Denial::Blocked => "blocked",
+            Denial::NotAllowlisted => "not_allowlisted",
+        }
+    }
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// The cause of a connection the behaviour denied, as the swarm reports it
+/// (`ConnectionDenied::downcast::<PeerDenied>()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerDenied {
+    /// The denied peer.
+    pub peer: PeerId,
+    /// Why.
+    pub reason: Denial,
+}
+
+impl fmt::Display for PeerDenied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "peer {} denied by the Node: {}", self.peer, self.reason)
+    }
+}
+
+impl std::error::Error for PeerDenied {}

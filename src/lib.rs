@@ -49,6 +49,8 @@
 //! `tokio::spawn`.
 #![warn(missing_docs, unreachable_pub)]
 
+mod address_book;
+mod admission;
 mod behaviour;
 mod clock;
 pub mod codec;
@@ -60,5 +62,5 @@ pub mod sites;
 pub use behaviour::Behaviour;
 pub use codec::PROTOCOL_NAME;
 pub use config::Config;
-pub use event::{Event, RejectKind, Rejection, SendFailure};
+pub use event::{Denial, Event, PeerDenied, RejectKind, Rejection, SendFailure};
 pub use peer::{p2p_address, to_engine_peer, to_libp2p_peer, PeerIdConversionError};
