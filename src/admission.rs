@@ -43,27 +43,21 @@ pub(crate) fn cooldown(engine: &Engine, peer: &PeerId) -> Option<Duration> {
     (now_ns < state.next_retry_ns).then(|| Duration::from_nanos(state.next_retry_ns - now_ns))
 }
 
-/// Records a failed attempt to reach `peer`. Returns the failure streak
-/// when it just crossed the governor's threshold.
+/// Records a failed attempt to reach `peer`. `true` when the failure streak
+/// just crossed the governor's threshold.
 ///
 /// Attempts that fail while the peer is already cooling down (several sends
 /// queued behind one dial) count once, so the back-off doubles per attempt
 /// rather than per envelope.
-pub(crate) fn record_failure(engine: &mut Engine, peer: &PeerId) -> Option<u32> {
+pub(crate) fn record_failure(engine: &mut Engine, peer: &PeerId) -> bool {
     let now_ns = engine.framework.scheduler.now_ns();
     let peer = to_engine_peer(peer);
     let state = &mut engine.framework.peer_state;
     if !state.backoff.should_retry(peer, now_ns) {
-        return None;
+        return false;
     }
     state.backoff.record_failure(peer, now_ns);
-    match state.governor.record_failure(peer, now_ns) {
-        LifecycleTransition::WentDown => state
-            .governor
-            .peer_health(peer)
-            .map(|h| h.consecutive_failures),
-        _ => None,
-    }
+    state.governor.record_failure(peer, now_ns) == LifecycleTransition::WentDown
 }
 
 /// Records that `peer` answered. `true` when it had been down.

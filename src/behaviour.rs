@@ -2,9 +2,11 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bb_runtime::engine::EngineStep;
 use bb_runtime::envelope::WireEnvelope;
+use bb_runtime::framework::{backoff_notice_type_hash, BackoffNoticePayload};
 use bb_runtime::ingress::IngressEvent;
 use bb_runtime::node::Node;
 use libp2p::core::transport::PortUse;
@@ -88,6 +90,12 @@ pub struct Behaviour {
     actions: VecDeque<ToSwarm<Event, THandlerInEvent<Self>>>,
     /// The Node was handed out mutably: its peer policy may have changed.
     policy_dirty: bool,
+    /// Peers reported down ([`Event::PeerDown`]) and not up since.
+    down: HashSet<PeerId>,
+    /// Peers whose `BackoffNotice` the engine has yet to take: their
+    /// failure streak may cross the threshold inside the engine, which does
+    /// not report it.
+    advised: Vec<PeerId>,
     /// Steps the Node produced outside `poll` (bootstrap).
     early_steps: VecDeque<EngineStep>,
     /// Send failures the engine has not taken yet (its ingress was full).
@@ -163,6 +171,8 @@ impl Behaviour {
             disconnecting: HashSet::new(),
             actions: VecDeque::new(),
             policy_dirty: false,
+            down: HashSet::new(),
+            advised: Vec::new(),
             early_steps,
             engine_backlog: VecDeque::new(),
             events,
@@ -244,6 +254,16 @@ impl Behaviour {
             }),
             EngineStep::OpCompleted { .. } | EngineStep::AsyncSuspended { .. }
                 if !self.emit_op_steps => {}
+            // Declared by the engine 0.3.8 but never emitted; reported the
+            // same way as the transitions this behaviour sees itself.
+            EngineStep::PeerDown { peer } if to_libp2p_peer(&peer).is_ok() => {
+                let peer = to_libp2p_peer(&peer).expect("checked");
+                self.report_down(peer);
+            }
+            EngineStep::PeerUp { peer } if to_libp2p_peer(&peer).is_ok() => {
+                let peer = to_libp2p_peer(&peer).expect("checked");
+                self.report_up(peer);
+            }
             step => self.events.push_back(Event::Engine(step)),
         }
     }
@@ -485,6 +505,14 @@ impl Behaviour {
                 format!("peer {peer} denied: {denial}"),
             ));
         }
+        if let Some(notice) = backoff_notice(&envelope) {
+            self.advised.push(peer);
+            self.events.push_back(Event::BackoffAdvised {
+                peer,
+                retry_in: Duration::from_nanos(notice.min_backoff_ns),
+                cause: notice.cause(),
+            });
+        }
         self.sites.inbound(&mut envelope);
         let event = IngressEvent::EnvelopeFrom {
             // The connection's authenticated identity, never the envelope's
@@ -580,21 +608,49 @@ impl Behaviour {
 
     fn peer_failed(&mut self, peer: PeerId) {
         self.clock.advance(self.node.engine_install_handle());
-        if let Some(consecutive_failures) =
-            admission::record_failure(self.node.engine_install_handle(), &peer)
-        {
-            tracing::debug!(%peer, consecutive_failures, "peer down");
-            self.events.push_back(Event::PeerDown {
-                peer,
-                consecutive_failures,
-            });
+        if admission::record_failure(self.node.engine_install_handle(), &peer) {
+            self.report_down(peer);
         }
     }
 
     fn peer_answered(&mut self, peer: PeerId) {
-        if admission::record_success(self.node.engine_install_handle(), &peer) {
+        admission::record_success(self.node.engine_install_handle(), &peer);
+        self.report_up(peer);
+    }
+
+    fn report_down(&mut self, peer: PeerId) {
+        if !self.down.insert(peer) {
+            return;
+        }
+        let consecutive_failures = self
+            .node
+            .peer_health(to_engine_peer(&peer))
+            .map_or(0, |h| h.consecutive_failures);
+        tracing::debug!(%peer, consecutive_failures, "peer down");
+        self.events.push_back(Event::PeerDown {
+            peer,
+            consecutive_failures,
+        });
+    }
+
+    fn report_up(&mut self, peer: PeerId) {
+        if self.down.remove(&peer) {
             tracing::debug!(%peer, "peer up");
             self.events.push_back(Event::PeerUp { peer });
+        }
+    }
+
+    /// Reports the peers whose `BackoffNotice` the engine just took past
+    /// the failure threshold.
+    fn check_advised(&mut self) {
+        for peer in std::mem::take(&mut self.advised) {
+            if self
+                .node
+                .peer_health(to_engine_peer(&peer))
+                .is_some_and(|h| h.down)
+            {
+                self.report_down(peer);
+            }
         }
     }
 
@@ -615,6 +671,9 @@ impl Behaviour {
             self.clock.advance(self.node.engine_install_handle());
             if let Poll::Ready(steps) = self.node.poll(cx) {
                 self.clock_dirty = true;
+                if !self.advised.is_empty() {
+                    self.check_advised();
+                }
                 for step in steps {
                     self.on_step(step);
                 }
@@ -631,6 +690,16 @@ impl Behaviour {
             }
         }
     }
+}
+
+/// The engine's `BackoffNotice`, if `envelope` is one (the engine routes it by
+/// the type hash of its only fill).
+fn backoff_notice(envelope: &WireEnvelope) -> Option<BackoffNoticePayload> {
+    let fill = envelope.fills.first()?;
+    if fill.type_hash != backoff_notice_type_hash() {
+        return None;
+    }
+    BackoffNoticePayload::decode(&fill.payload)
 }
 
 /// The acknowledgement for a refusal.
@@ -742,7 +811,11 @@ impl NetworkBehaviour for Behaviour {
             addresses,
             effective_role,
         )?;
-        extra.extend(self.peers.dial_addresses(&peer, addresses));
+        // The inner behaviour offers the addresses it cached from the same
+        // `FromSwarm` events, with `/p2p/<peer>` appended: add only ours
+        // that neither it nor the dial already has, in either form.
+        let given: Vec<Multiaddr> = addresses.iter().chain(&extra).cloned().collect();
+        extra.extend(self.peers.dial_addresses(&peer, &given));
         Ok(extra)
     }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bb_runtime::engine::EngineStep;
 use bb_runtime::errors::BootstrapError;
+use bb_runtime::framework::BackoffCause;
 use libp2p::core::Endpoint;
 use libp2p::request_response::{InboundRequestId, OutboundRequestId};
 use libp2p::swarm::ConnectionId;
@@ -96,6 +97,18 @@ pub enum Event {
     PeerUp {
         /// The peer.
         peer: PeerId,
+    },
+    /// A peer asked this Node to slow down (the engine's `BackoffNotice`,
+    /// sent when the peer's ingress passes its high-water mark). The engine
+    /// holds its sends to the peer for `retry_in` and counts the notice
+    /// towards the peer's failure streak.
+    BackoffAdvised {
+        /// The peer that sent the notice.
+        peer: PeerId,
+        /// How long the peer asked this Node to wait.
+        retry_in: Duration,
+        /// Why the peer asked.
+        cause: BackoffCause,
     },
     /// The Node's bootstrap could not run when the behaviour was created;
     /// its body ops stay parked.
