@@ -1,0 +1,379 @@
+//! The Node's PeerGovernor at libp2p's connection level: blocklist and
+//! allowlist in both directions, and back-off of peers that keep failing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bb_libp2p::{to_engine_peer, Behaviour, Denial, Event, PeerDenied, SendFailure};
+use common::models::{bytes_value, compile, install, send_value, Ping};
+use common::{connect, listen, memory_swarm, run_for, until};
+use libp2p::core::Endpoint;
+use libp2p::identity::Keypair;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{DialError, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm};
+
+/// Swarms running Ping: the first `senders` send, the rest receive.
+fn swarms(senders: usize, receivers: usize) -> (Vec<Swarm<Behaviour>>, String) {
+    let (model, targets) = compile(Ping);
+    let swarms = (0..senders + receivers)
+        .map(|i| {
+            let key = Keypair::generate_ed25519();
+            let target = &targets[usize::from(i >= senders)];
+            let node = install(&key, &model, &[target]);
+            memory_swarm(key, Behaviour::new(node, bb_libp2p::Config::default()))
+        })
+        .collect();
+    (swarms, targets[0].clone())
+}
+
+fn block(swarm: &mut Swarm<Behaviour>, peer: &PeerId) {
+    swarm
+        .behaviour_mut()
+        .node_mut()
+        .block_peer(to_engine_peer(peer));
+}
+
+/// Waits for `value` on swarm 1's `y`, failing on any send failure.
+async fn delivered(a: &mut Swarm<Behaviour>, b: &mut Swarm<Behaviour>, value: &[u8]) {
+    let want = bytes_value(value);
+    until(
+        &mut [a, b],
+        Duration::from_secs(10),
+        "the value",
+        |i, e| match e {
+            SwarmEvent::Behaviour(Event::AppEvent { value_bytes, .. }) if i == 1 => {
+                assert_eq!(value_bytes, want);
+                Some(())
+            }
+            SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
+                panic!("send failed: {reason}")
+            }
+            _ => None,
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_blocked_peer_gets_no_connection_either_way() {
+    let (mut s, sender) = swarms(1, 1);
+    let (mut a, mut b) = (s.remove(0), s.remove(0));
+    let (pa, pb) = (*a.local_peer_id(), *b.local_peer_id());
+    block(&mut a, &pb);
+    let a_addr = listen(&mut a).await;
+    let b_addr = listen(&mut b).await;
+
+    // B dials A: A refuses it as listener.
+    b.dial(a_addr).unwrap();
+    let denied = until(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(5),
+        "A's denial",
+        |i, e| match e {
+            SwarmEvent::Behaviour(Event::ConnectionDenied {
+                peer,
+                endpoint,
+                reason,
+                ..
+            }) if i == 0 => Some((peer, endpoint, reason)),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(denied, (pb, Endpoint::Listener, Denial::Blocked));
+
+    // A dials B by its id: refused before any transport dial, with a cause
+    // the swarm's error carries.
+    let err = a
+        .dial(
+            DialOpts::peer_id(pb)
+                .addresses(vec![b_addr.clone()])
+                .build(),
+        )
+        .unwrap_err();
+    let DialError::Denied { cause } = err else {
+        panic!("expected a denied dial, got {err:?}")
+    };
+    assert_eq!(
+        cause.downcast::<PeerDenied>().unwrap(),
+        PeerDenied {
+            peer: pb,
+            reason: Denial::Blocked
+        }
+    );
+
+    // A dials B's address alone: refused once B's identity is known.
+    a.dial(b_addr.clone()).unwrap();
+    let denied = until(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(5),
+        "A's denial",
+        |i, e| match e {
+            SwarmEvent::Behaviour(Event::ConnectionDenied { peer, endpoint, .. }) if i == 0 => {
+                Some((peer, endpoint))
+            }
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(denied, (pb, Endpoint::Dialer));
+    run_for(&mut [&mut a, &mut b], Duration::from_millis(100), |_, _| {}).await;
+    assert!(!a.is_connected(&pb) && !b.is_connected(&pa));
+
+    // A's engine sends to B: it fails at once and nothing is dialled.
+    a.add_peer_address(pb, b_addr);
+    send_value(a.behaviour_mut().node_mut(), &sender, pb, b"blocked");
+    let mut dialled = false;
+    let reason = until(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(5),
+        "A's send failure",
+        |i, e| match e {
+            SwarmEvent::Dialing { .. } if i == 0 => {
+                dialled = true;
+                None
+            }
+            SwarmEvent::Behaviour(Event::SendFailed { peer, reason, .. }) if i == 0 => {
+                assert_eq!(peer, Some(pb));
+                Some(reason)
+            }
+            SwarmEvent::Behaviour(Event::AppEvent { .. }) => panic!("delivered to a blocked peer"),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(reason, SendFailure::Denied(Denial::Blocked));
+    assert!(!dialled);
+
+    // Unblocked, the same pair connects and delivers.
+    a.behaviour_mut()
+        .node_mut()
+        .unblock_peer(to_engine_peer(&pb));
+    send_value(a.behaviour_mut().node_mut(), &sender, pb, b"unblocked");
+    delivered(&mut a, &mut b, b"unblocked").await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn blocking_a_connected_peer_disconnects_it_and_drops_its_envelopes() {
+    let (mut s, sender) = swarms(1, 1);
+    let (mut a, mut b) = (s.remove(0), s.remove(0));
+    let (pa, pb) = (*a.local_peer_id(), *b.local_peer_id());
+    connect(&mut a, &mut b).await;
+    send_value(a.behaviour_mut().node_mut(), &sender, pb, b"before");
+    delivered(&mut a, &mut b, b"before").await;
+
+    // The receiver blocks the sender.
+    block(&mut b, &pa);
+    let mut closed = [false, false];
+    let mut disconnected = None;
+    until(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(5),
+        "both sides closed",
+        |i, e| {
+            match e {
+                SwarmEvent::Behaviour(Event::PeerDisconnected { peer, reason }) if i == 1 => {
+                    disconnected = Some((peer, reason));
+                }
+                SwarmEvent::ConnectionClosed {
+                    num_established: 0, ..
+                } => closed[i] = true,
+                _ => {}
+            }
+            (closed == [true, true]).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(disconnected, Some((pa, Denial::Blocked)));
+
+    // Whatever A sends now ends in a failure event on A; none reaches B.
+    for n in 0..3u8 {
+        send_value(a.behaviour_mut().node_mut(), &sender, pb, &[b'x', n]);
+    }
+    let mut failed = Vec::new();
+    run_for(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(1),
+        |i, e| match e {
+            SwarmEvent::Behaviour(Event::SendFailed { peer, reason, .. }) if i == 0 => {
+                assert_eq!(peer, Some(pb));
+                failed.push(reason);
+            }
+            SwarmEvent::Behaviour(Event::AppEvent { .. }) if i == 1 => {
+                panic!("a blocked peer's value reached the engine")
+            }
+            SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. }) => {
+                panic!("a blocked peer's envelope was accepted")
+            }
+            _ => {}
+        },
+    )
+    .await;
+    assert_eq!(failed.len(), 3, "one failure per envelope: {failed:?}");
+    assert!(!a.is_connected(&pb));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_allowlist_admits_only_its_peers() {
+    let (mut s, sender) = swarms(2, 1);
+    let (mut listed, mut other, mut r) = (s.remove(0), s.remove(0), s.remove(0));
+    let (pl, po) = (*listed.local_peer_id(), *other.local_peer_id());
+    let pr = *r.local_peer_id();
+    r.behaviour_mut()
+        .node_mut()
+        .set_allowlist(Some([to_engine_peer(&pl)].into()));
+    let r_addr: Multiaddr = listen(&mut r).await;
+
+    other.dial(r_addr.clone()).unwrap();
+    let denied = until(
+        &mut [&mut other, &mut r],
+        Duration::from_secs(5),
+        "R's denial",
+        |i, e| match e {
+            SwarmEvent::Behaviour(Event::ConnectionDenied {
+                peer,
+                endpoint,
+                reason,
+                ..
+            }) if i == 1 => Some((peer, endpoint, reason)),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(denied, (po, Endpoint::Listener, Denial::NotAllowlisted));
+    // The other side sees its connection go.
+    until(
+        &mut [&mut other, &mut r],
+        Duration::from_secs(5),
+        "the close",
+        |i, e| (i == 0 && matches!(e, SwarmEvent::ConnectionClosed { .. })).then_some(()),
+    )
+    .await;
+
+    listed.add_peer_address(pr, r_addr.clone());
+    send_value(listed.behaviour_mut().node_mut(), &sender, pr, b"listed");
+    delivered(&mut listed, &mut r, b"listed").await;
+
+    // Lifting the allowlist admits the other peer too.
+    r.behaviour_mut().node_mut().set_allowlist(None);
+    other.add_peer_address(pr, r_addr);
+    send_value(other.behaviour_mut().node_mut(), &sender, pr, b"other");
+    delivered(&mut other, &mut r, b"other").await;
+}
+
+/// A peer that cannot be reached is dialled again only after a back-off
+/// that doubles per attempt; past the PeerGovernor's threshold it is
+/// reported down, and up once it answers.
+#[tokio::test(flavor = "current_thread")]
+async fn a_failing_peer_is_backed_off_then_down_then_up() {
+    let (mut s, sender) = swarms(1, 1);
+    let (mut a, mut b) = (s.remove(0), s.remove(0));
+    let pb = *b.local_peer_id();
+    // B will listen here, later.
+    let b_addr: Multiaddr = format!("/memory/{}", rand_port()).parse().unwrap();
+    a.add_peer_address(pb, b_addr.clone());
+
+    let started = Instant::now();
+    let mut dials = Vec::new();
+    let mut backoffs = 0;
+    let mut down = None;
+    let mut n = 0u32;
+    while down.is_none() {
+        assert!(started.elapsed() < Duration::from_secs(10), "no PeerDown");
+        n += 1;
+        send_value(a.behaviour_mut().node_mut(), &sender, pb, &n.to_le_bytes());
+        until(
+            &mut [&mut a],
+            Duration::from_secs(5),
+            "a send failure",
+            |_, e| match e {
+                SwarmEvent::Dialing { peer_id, .. } => {
+                    assert_eq!(peer_id, Some(pb));
+                    dials.push(started.elapsed());
+                    None
+                }
+                SwarmEvent::Behaviour(Event::PeerDown {
+                    peer,
+                    consecutive_failures,
+                }) => {
+                    down = Some((peer, consecutive_failures));
+                    None
+                }
+                SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
+                    match reason {
+                        SendFailure::DialFailure => {}
+                        SendFailure::Backoff { retry_in } => {
+                            assert!(retry_in <= Duration::from_secs(60));
+                            backoffs += 1;
+                        }
+                        other => panic!("unexpected failure {other}"),
+                    }
+                    Some(())
+                }
+                _ => None,
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(down, Some((pb, 5)));
+    assert_eq!(dials.len(), 5, "one dial per back-off window: {dials:?}");
+    assert!(backoffs > 0, "sends inside a back-off were not dialled");
+    // The gaps between attempts grow (10, 20, 40, 80 ms at least).
+    let gaps: Vec<Duration> = dials.windows(2).map(|w| w[1] - w[0]).collect();
+    for (i, gap) in gaps.iter().enumerate() {
+        assert!(*gap >= Duration::from_millis(10 << i), "gaps {gaps:?}");
+    }
+
+    // B comes up at the address; the next attempt after the back-off
+    // reaches it and A reports it up.
+    b.listen_on(b_addr).unwrap();
+    let mut up = false;
+    let mut n = 100u32;
+    while !up {
+        assert!(started.elapsed() < Duration::from_secs(10), "no PeerUp");
+        n += 1;
+        send_value(a.behaviour_mut().node_mut(), &sender, pb, &n.to_le_bytes());
+        let got = until(
+            &mut [&mut a, &mut b],
+            Duration::from_secs(5),
+            "an outcome",
+            |i, e| match e {
+                SwarmEvent::Behaviour(Event::PeerUp { peer }) => {
+                    assert_eq!(peer, pb);
+                    up = true;
+                    None
+                }
+                SwarmEvent::Behaviour(Event::AppEvent { value_bytes, .. }) if i == 1 => {
+                    Some(Some(value_bytes))
+                }
+                SwarmEvent::Behaviour(Event::SendFailed {
+                    reason: SendFailure::Backoff { .. },
+                    ..
+                }) => Some(None),
+                SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
+                    panic!("unexpected failure {reason}")
+                }
+                _ => None,
+            },
+        )
+        .await;
+        if let Some(value) = got {
+            assert_eq!(value, bytes_value(&n.to_le_bytes()));
+            run_for(&mut [&mut a, &mut b], Duration::from_millis(50), |_, e| {
+                up |= matches!(e, SwarmEvent::Behaviour(Event::PeerUp { .. }));
+            })
+            .await;
+            assert!(up, "delivered, but no PeerUp");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A memory port no other test in this process uses.
+fn rand_port() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now()) | 1 << 40
+}
