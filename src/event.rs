@@ -13,6 +13,7 @@ use libp2p::PeerId;
 
 /// An event of the [`Behaviour`](crate::Behaviour): the swarm's `ToSwarm`.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Event {
     /// The engine published a value on a Module output
     /// (`EngineStep::AppEvent`).
@@ -124,6 +125,7 @@ pub enum Event {
 
 /// Why an outbound envelope was not delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SendFailure {
     /// The envelope's `dest_peer_addresses` named no peer libp2p can address.
     NoDestination,

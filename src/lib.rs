@@ -7,7 +7,10 @@
 //! `IngressEvent::EnvelopeFrom`. [`Behaviour`] is that transport: a libp2p
 //! `NetworkBehaviour` that owns a Node, ships its envelopes on the
 //! [`PROTOCOL_NAME`] request-response protocol, feeds inbound envelopes to
-//! it, and moves its clock.
+//! it, and moves its clock. It keeps the engine's AddressBook in step with
+//! the peers the swarm knows, and applies the engine's PeerGovernor (block
+//! and allow lists, failure back-off) to libp2p connections; see
+//! [`Behaviour`].
 //!
 //! # Usage
 //!
@@ -64,3 +67,8 @@ pub use codec::PROTOCOL_NAME;
 pub use config::Config;
 pub use event::{Denial, Event, PeerDenied, RejectKind, Rejection, SendFailure};
 pub use peer::{p2p_address, to_engine_peer, to_libp2p_peer, PeerIdConversionError};
+
+/// The README's Rust examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
