@@ -316,7 +316,15 @@ impl Behaviour {
     /// An envelope to this Node's own PeerId (a class that sends to its other
     /// instances may include itself) goes straight to the ingress.
     fn deliver_locally(&mut self, peer: PeerId, wire_req_id: u64, mut envelope: WireEnvelope) {
-        self.sites.inbound(&mut envelope);
+        if let Err(site) = self.sites.inbound(&mut envelope) {
+            let rejection = no_receiver(site);
+            return self.fail(
+                Some(peer),
+                wire_req_id,
+                None,
+                SendFailure::Rejected(rejection),
+            );
+        }
         let event = IngressEvent::EnvelopeFrom {
             src_peer: to_engine_peer(&peer),
             envelope,
@@ -513,7 +521,7 @@ impl Behaviour {
                 cause: notice.cause(),
             });
         }
-        self.sites.inbound(&mut envelope);
+        self.sites.inbound(&mut envelope).map_err(no_receiver)?;
         let event = IngressEvent::EnvelopeFrom {
             // The connection's authenticated identity, never the envelope's
             // own `src_peer_bytes` claim.
@@ -702,6 +710,14 @@ fn backoff_notice(envelope: &WireEnvelope) -> Option<BackoffNoticePayload> {
     BackoffNoticePayload::decode(&fill.payload)
 }
 
+/// The refusal of a fill for a port this Node receives nothing on.
+fn no_receiver(site: u64) -> Rejection {
+    Rejection::new(
+        RejectKind::NoReceiver,
+        format!("no graph on this Node receives portable site {site:#x}"),
+    )
+}
+
 /// The acknowledgement for a refusal.
 fn rejection_ack(rejection: &Rejection) -> Ack {
     use codec::proto::Reason;
@@ -713,6 +729,7 @@ fn rejection_ack(rejection: &Rejection) -> Ack {
         RejectKind::CapsExceeded => Reason::CapsExceeded,
         RejectKind::Busy => Reason::Busy,
         RejectKind::Denied => Reason::Denied,
+        RejectKind::NoReceiver => Reason::NoReceiver,
         RejectKind::Timeout | RejectKind::Stream | RejectKind::Unknown => Reason::None,
     };
     let mut detail = rejection.detail.clone();
@@ -744,6 +761,7 @@ fn ack_verdict(ack: &Ack) -> Result<(), SendFailure> {
                 Ok(Reason::CapsExceeded) => RejectKind::CapsExceeded,
                 Ok(Reason::Busy) => RejectKind::Busy,
                 Ok(Reason::Denied) => RejectKind::Denied,
+                Ok(Reason::NoReceiver) => RejectKind::NoReceiver,
                 Ok(Reason::None) | Err(_) => RejectKind::Unknown,
             };
             Err(SendFailure::Rejected(Rejection::new(

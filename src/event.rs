@@ -263,6 +263,9 @@ pub enum RejectKind {
     /// The receiver's PeerGovernor denies the sender (blocked, or not on
     /// its allowlist).
     Denied,
+    /// The envelope is for a `g.net_out` port no graph on the receiving
+    /// Node receives (it installed no matching receiver target).
+    NoReceiver,
     /// The envelope did not arrive, or could not be answered, within the
     /// request timeout (a peer trickling bytes ends here). Never sent in an
     /// acknowledgement.
@@ -285,6 +288,7 @@ impl RejectKind {
             RejectKind::CapsExceeded => "caps_exceeded",
             RejectKind::Busy => "busy",
             RejectKind::Denied => "denied",
+            RejectKind::NoReceiver => "no_receiver",
             RejectKind::Timeout => "timeout",
             RejectKind::Stream => "stream",
             RejectKind::Unknown => "unknown",

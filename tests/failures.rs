@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bb_libp2p::{Behaviour, Config, Event, RejectKind, SendFailure};
 use bb_runtime::engine::EngineStep;
-use common::models::{compile, install, send_value, Ping};
+use common::models::{compile, install, send_value, Other, Ping};
 use common::{connect, memory_swarm, raw_wire, run_for, until};
 use futures::channel::mpsc;
 use futures::StreamExt;
@@ -237,5 +237,61 @@ async fn rejecting_acknowledgement_is_a_nak() {
     );
     assert_eq!(reason.label(), "nak");
     assert_eq!(refused, Some((*a.local_peer_id(), rejection.clone())));
+    engine_took_the_failure(&mut a).await;
+}
+
+/// A value for a port the receiving Node has no graph for would vanish in
+/// the engine; the receiver refuses it instead, and the sender hears why.
+#[tokio::test(flavor = "current_thread")]
+async fn value_for_a_port_without_receiver_is_refused() {
+    let kb = Keypair::generate_ed25519();
+    let dest = kb.public().to_peer_id();
+    let (other, other_targets) = compile(Other);
+    let mut b = memory_swarm(
+        kb.clone(),
+        Behaviour::new(
+            install(&kb, &other, &[&other_targets[0]]),
+            Config::default(),
+        ),
+    );
+    let (mut a, id) = idle_sender_to(dest, Config::default().with_request_timeout(TIMEOUT));
+    connect(&mut a, &mut b).await;
+    send_one(&mut a, dest);
+    let mut refused = None;
+    let reason = until(
+        &mut [&mut a, &mut b],
+        TIMEOUT * 3,
+        "SendFailed",
+        |i, e| match e {
+            SwarmEvent::Behaviour(Event::InboundRejected { rejection, .. }) if i == 1 => {
+                refused = Some(rejection);
+                None
+            }
+            SwarmEvent::Behaviour(Event::AppEvent { .. }) => panic!("delivered"),
+            SwarmEvent::Behaviour(Event::SendFailed {
+                peer,
+                wire_req_id,
+                reason,
+                ..
+            }) => {
+                assert_eq!((peer, wire_req_id), (Some(dest), id));
+                Some(reason)
+            }
+            _ => None,
+        },
+    )
+    .await;
+    let SendFailure::Rejected(rejection) = &reason else {
+        panic!("expected a rejection, got {reason:?}");
+    };
+    assert_eq!(rejection.kind, RejectKind::NoReceiver);
+    assert_eq!(
+        rejection.detail,
+        format!(
+            "no graph on this Node receives portable site {:#x}",
+            bb_libp2p::sites::portable_site_id("port")
+        )
+    );
+    assert_eq!(refused.as_ref(), Some(rejection));
     engine_took_the_failure(&mut a).await;
 }
