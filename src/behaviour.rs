@@ -28,6 +28,7 @@ use crate::codec::{self, Ack, Codec, Request, MAX_DETAIL_BYTES, PROTOCOL_NAME};
 use crate::event::{Denial, Event, PeerDenied, RejectKind, Rejection, SendFailure};
 use crate::peer::{p2p_address, peer_of_address, to_engine_peer, to_libp2p_peer};
 use crate::sites::Sites;
+use crate::stats::WireStats;
 use crate::Config;
 
 /// Engine cycles one `poll` runs before it yields to the rest of the swarm
@@ -90,6 +91,7 @@ pub struct Behaviour {
     actions: VecDeque<ToSwarm<Event, THandlerInEvent<Self>>>,
     /// The Node was handed out mutably: its peer policy may have changed.
     policy_dirty: bool,
+    stats: WireStats,
     /// Peers reported down ([`Event::PeerDown`]) and not up since.
     down: HashSet<PeerId>,
     /// Peers whose `BackoffNotice` the engine has yet to take: their
@@ -171,6 +173,7 @@ impl Behaviour {
             disconnecting: HashSet::new(),
             actions: VecDeque::new(),
             policy_dirty: false,
+            stats: WireStats::default(),
             down: HashSet::new(),
             advised: Vec::new(),
             early_steps,
@@ -233,6 +236,11 @@ impl Behaviour {
     /// How many peers this behaviour has made resolvable to the engine.
     pub fn known_peers(&self) -> usize {
         self.peers.len()
+    }
+
+    /// Envelopes and bytes sent to and received from other peers so far.
+    pub fn wire_stats(&self) -> WireStats {
+        self.stats
     }
 
     /// Outbound envelopes that have neither been acknowledged nor failed.
@@ -309,6 +317,8 @@ impl Behaviour {
             self.clock.track_wire_request(engine, wire_req_id);
         }
         tracing::debug!(%peer, wire_req_id, size, "sending envelope");
+        self.stats.envelopes_sent += 1;
+        self.stats.bytes_sent += size as u64;
         let request_id = self.inner.send_request(&peer, Request::Envelope(envelope));
         self.in_flight.insert(request_id, (peer, wire_req_id));
     }
@@ -505,6 +515,8 @@ impl Behaviour {
 
     /// Hands a decoded envelope from `peer` to the engine.
     fn accept(&mut self, peer: PeerId, mut envelope: WireEnvelope) -> Result<(), Rejection> {
+        self.stats.envelopes_received += 1;
+        self.stats.bytes_received += envelope.encoded_len() as u64;
         // A request already on its way when the peer was denied (its
         // connection is closing) must not reach the engine either.
         if let Some(denial) = admission::denial(self.node.engine_install_handle(), &peer) {

@@ -61,12 +61,14 @@ mod config;
 mod event;
 pub mod peer;
 pub mod sites;
+mod stats;
 
 pub use behaviour::Behaviour;
 pub use codec::PROTOCOL_NAME;
 pub use config::Config;
 pub use event::{Denial, Event, PeerDenied, RejectKind, Rejection, SendFailure};
 pub use peer::{p2p_address, to_engine_peer, to_libp2p_peer, PeerIdConversionError};
+pub use stats::WireStats;
 
 /// The README's Rust examples, compiled as doc tests.
 #[cfg(doctest)]

@@ -81,6 +81,15 @@ async fn value_crosses_to_the_receiving_partition() {
     })
     .await;
     assert!(acked, "A saw no acknowledgement");
+    // One envelope each way of the count; what A sent is what B took.
+    let (sent, received) = (a.behaviour().wire_stats(), b.behaviour().wire_stats());
+    assert_eq!((sent.envelopes_sent, sent.envelopes_received), (1, 0));
+    assert_eq!(
+        (received.envelopes_sent, received.envelopes_received),
+        (0, 1)
+    );
+    assert_eq!(sent.bytes_sent, received.bytes_received);
+    assert!(sent.bytes_sent > 12, "{sent:?}");
 }
 
 #[tokio::test(flavor = "current_thread")]
