@@ -306,4 +306,124 @@ mod tests {
         assert_eq!(r.kind, RejectKind::CapsExceeded);
         assert!(r.detail.contains("got=9"), "{}", r.detail);
     }
+
+    mod properties {
+        use super::*;
+        use bb_runtime::envelope::{SlotFill, WireCorrelation};
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        /// Small caps, so that generated envelopes reach them.
+        fn caps() -> EnvelopeCaps {
+            EnvelopeCaps {
+                max_total_bytes: 64 * 1024,
+                max_slot_fills: 8,
+                max_per_fill_bytes: 4 * 1024,
+                max_dest_suffix_bytes: 64,
+                max_src_peer_addresses: 4,
+                max_src_peer_address_bytes: 64,
+            }
+        }
+
+        fn fill() -> impl Strategy<Value = SlotFill> {
+            (
+                vec(any::<u8>(), 0..=64),
+                vec(any::<u8>(), 0..=4096),
+                any::<bool>(),
+                any::<u64>(),
+            )
+                .prop_map(|(dest_suffix, payload, trigger_only, type_hash)| SlotFill {
+                    dest_suffix,
+                    payload,
+                    trigger_only,
+                    type_hash,
+                })
+        }
+
+        /// Any envelope within `caps()`.
+        fn envelope() -> impl Strategy<Value = WireEnvelope> {
+            (
+                vec(vec(any::<u8>(), 0..48), 0..4),
+                vec(fill(), 0..=8),
+                proptest::option::of((0..3i32, any::<u64>())),
+                any::<u64>(),
+                vec(any::<u8>(), 0..48),
+                prop_oneof![Just(0u32), Just(1u32)],
+                vec(vec(any::<u8>(), 0..=64), 0..=4),
+            )
+                .prop_map(
+                    |(dest, fills, correlation, deadline, src, schema_version, src_addrs)| {
+                        WireEnvelope {
+                            dest_peer_addresses: dest,
+                            fills,
+                            correlation: correlation
+                                .map(|(kind, wire_req_id)| WireCorrelation { kind, wire_req_id }),
+                            remaining_deadline_ns: deadline,
+                            src_peer_bytes: src,
+                            schema_version,
+                            src_peer_addresses: src_addrs,
+                            ..Default::default()
+                        }
+                    },
+                )
+        }
+
+        fn write(envelope: &WireEnvelope) -> Vec<u8> {
+            let mut buf = futures::io::Cursor::new(Vec::new());
+            let mut codec = Codec::new(caps(), caps().max_total_bytes);
+            block_on(codec.write_request(
+                &PROTOCOL_NAME,
+                &mut buf,
+                Request::Envelope(envelope.clone()),
+            ))
+            .unwrap();
+            buf.into_inner()
+        }
+
+        fn read_with_caps(bytes: &[u8]) -> io::Result<Request> {
+            let mut codec = Codec::new(caps(), caps().max_total_bytes);
+            block_on(codec.read_request(&PROTOCOL_NAME, &mut futures::io::Cursor::new(bytes)))
+        }
+
+        proptest! {
+            /// An envelope within the caps arrives as itself, and re-encodes
+            /// to the very bytes that were sent.
+            #[test]
+            fn envelopes_within_caps_round_trip_byte_exactly(envelope in envelope()) {
+                let frame = write(&envelope);
+                match read_with_caps(&frame).unwrap() {
+                    Request::Envelope(got) => {
+                        prop_assert_eq!(&got, &envelope);
+                        prop_assert_eq!(write(&got), frame);
+                    }
+                    Request::Invalid(r) => prop_assert!(false, "refused: {}", r),
+                }
+            }
+
+            /// Whatever arrives becomes an envelope or a typed refusal: never
+            /// a broken stream, never a panic.
+            #[test]
+            fn any_bytes_yield_an_envelope_or_a_typed_refusal(bytes in vec(any::<u8>(), 0..2048)) {
+                prop_assert!(read_with_caps(&bytes).is_ok());
+            }
+
+            /// The same with a well-formed length prefix in front, so the
+            /// body reaches the envelope decoder and its caps.
+            #[test]
+            fn any_body_yields_an_envelope_or_a_typed_refusal(body in vec(any::<u8>(), 0..4096)) {
+                let mut frame = Vec::new();
+                prost::encoding::encode_varint(body.len() as u64, &mut frame);
+                frame.extend_from_slice(&body);
+                match read_with_caps(&frame).unwrap() {
+                    Request::Envelope(env) => {
+                        prop_assert!(env.fills.len() <= caps().max_slot_fills);
+                    }
+                    Request::Invalid(r) => prop_assert!(matches!(
+                        r.kind,
+                        RejectKind::Malformed | RejectKind::CapsExceeded | RejectKind::Oversize
+                    ), "{:?}", r),
+                }
+            }
+        }
+    }
 }
