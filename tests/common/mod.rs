@@ -108,6 +108,7 @@ pub async fn connect<B: NetworkBehaviour>(a: &mut Swarm<B>, b: &mut Swarm<B>) {
 }
 
 pub mod models;
+#[path = "../../examples/federated/registry.rs"]
 pub mod registry;
 
 /// A request-response codec that writes requests and responses as raw bytes

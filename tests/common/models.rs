@@ -5,13 +5,16 @@
 use bb_ir::proto::onnx::{NodeProto, StringStringEntryProto};
 use bytesandbrains::atomic::DispatchResult;
 use bytesandbrains::bus::OpError;
-use bytesandbrains::framework::Address;
 use bytesandbrains::proto::onnx::ModelProto;
 use bytesandbrains::runtime::RuntimeResourceRef;
 use bytesandbrains::slot_value::SlotValue;
 use bytesandbrains::syscall::values::{BytesValue, PeerIdVecValue};
 use bytesandbrains::{Compiler, Graph, Module, Node, Output};
 use libp2p::identity::Keypair;
+
+// Each test binary uses its own subset of these.
+#[allow(unused_imports)]
+pub use super::registry::{install, merge};
 
 /// A sends `x` to `peers`; the receiver outputs it as `y`.
 pub struct Ping;
@@ -107,30 +110,6 @@ pub fn compile(module: impl Module) -> (ModelProto, Vec<String>) {
         .expect("module compiles");
     let targets = model.functions.iter().map(|f| f.name.clone()).collect();
     (model, targets)
-}
-
-/// Both models' functions in one model, for Nodes that install both.
-pub fn merge(mut a: ModelProto, b: &ModelProto) -> ModelProto {
-    a.functions.extend(b.functions.iter().cloned());
-    for prop in &b.metadata_props {
-        if !a.metadata_props.iter().any(|p| p.key == prop.key) {
-            a.metadata_props.push(prop.clone());
-        }
-    }
-    a
-}
-
-/// Installs `targets` of `model` on a Node with the engine PeerId of `key`.
-pub fn install(key: &Keypair, model: &ModelProto, targets: &[&str]) -> Node {
-    let me = bb_libp2p::to_engine_peer(&key.public().to_peer_id());
-    bytesandbrains::install(
-        me,
-        vec![Address::empty().p2p(me)],
-        model.clone(),
-        targets,
-        bytesandbrains::Config::new(),
-    )
-    .expect("install")
 }
 
 /// A memory-transport swarm whose behaviour runs `targets` of `model` on a

@@ -26,6 +26,8 @@
 //! - Install registers no protocol dispatcher for either half;
 //!   [`enable_registry_dispatch`] does, before the Node's bootstrap runs
 //!   (which `bb_libp2p::Behaviour::new` does).
+//!
+//! The federated example and the discovery tests both use this file.
 #![allow(dead_code)]
 
 use std::any::Any;
@@ -49,11 +51,9 @@ use bytesandbrains::syscall::values::{AddressVecValue, PeerIdValue, PeerIdVecVal
 use bytesandbrains::{Compiler, Graph, Module, Node, Output, PeerId};
 use libp2p::identity::Keypair;
 
-use super::models::{install, merge};
-
 /// Domain of the helper ops. Custom ops live under `ai.bytesandbrains.`
 /// like every op the engine dispatches.
-pub const REGISTRY_DOMAIN: &str = "ai.bytesandbrains.bb_libp2p_test.registry";
+pub const REGISTRY_DOMAIN: &str = "ai.bytesandbrains.bb_libp2p_example.registry";
 
 /// Slot id stamped on the client's GlobalRegistry ops and bound to its
 /// `GlobalRegistryClient` by [`bind_registry_slot`]; far from the ids the
@@ -113,7 +113,7 @@ fn peer_const(
 }
 
 bytesandbrains::register_op! {
-    domain: "ai.bytesandbrains.bb_libp2p_test.registry",
+    domain: "ai.bytesandbrains.bb_libp2p_example.registry",
     op_type: "PeerConst",
     invoke: peer_const,
 }
@@ -137,7 +137,7 @@ fn addrs_const(
 }
 
 bytesandbrains::register_op! {
-    domain: "ai.bytesandbrains.bb_libp2p_test.registry",
+    domain: "ai.bytesandbrains.bb_libp2p_example.registry",
     op_type: "AddrsConst",
     invoke: addrs_const,
 }
@@ -158,7 +158,7 @@ fn u32_const(
 }
 
 bytesandbrains::register_op! {
-    domain: "ai.bytesandbrains.bb_libp2p_test.registry",
+    domain: "ai.bytesandbrains.bb_libp2p_example.registry",
     op_type: "U32Const",
     invoke: u32_const,
 }
@@ -179,14 +179,14 @@ fn to_peer_vec(
 }
 
 bytesandbrains::register_op! {
-    domain: "ai.bytesandbrains.bb_libp2p_test.registry",
+    domain: "ai.bytesandbrains.bb_libp2p_example.registry",
     op_type: "ToPeerVec",
     invoke: to_peer_vec,
 }
 
 /// Pushes a helper op whose single output is the value `out`, run by the
 /// peers of `class`.
-fn push_helper(
+pub fn push_helper(
     g: &mut Graph,
     op_type: &str,
     inputs: Vec<String>,
@@ -205,6 +205,43 @@ fn push_helper(
         ..Default::default()
     });
     g.declare_value_info(out, ty);
+}
+
+/// Samples as many peers as the value `count` (a `u32`) says from the
+/// registry's view, the PeerSelector of the Node that runs it: the bare
+/// list as `sampled`, and as the `PeerIdVecValue` that `wire.Send` reads
+/// its destinations from as `peers`, which it returns.
+///
+/// `Sample` is pushed by hand so that it reads `count` as an input (see
+/// `U32Const`), and both values are of peer class `client`: peers other
+/// than `@self`, so a `net_out` to `peers` splits sender and receiver into
+/// two targets.
+pub fn sample_clients(g: &mut Graph, sampled: &str, peers: &str) -> Output {
+    let view = PeerSelectorSlot::default();
+    let slot_id = g.register_generic(&view, "PeerSelectorRuntime");
+    g.push_node(NodeProto {
+        op_type: "Sample".into(),
+        domain: "ai.bytesandbrains.role.peer_selector".into(),
+        input: vec!["count".into()],
+        output: vec![sampled.into()],
+        metadata_props: vec![
+            entry(bb_ir::keys::REQUIRED_TRAIT_KEY, "PeerSelectorRuntime"),
+            entry(bb_ir::keys::SLOT_ID_KEY, &slot_id.to_string()),
+            entry(bb_ir::peer_class::PEER_CLASS_KEY, "client"),
+        ],
+        ..Default::default()
+    });
+    g.declare_value_info(sampled, &bb_ir::types::TYPE_PEER_ID_VEC);
+    push_helper(
+        g,
+        "ToPeerVec",
+        vec![sampled.into()],
+        peers,
+        vec![],
+        &bb_ir::types::TYPE_PEER_ID_VEC,
+        "client",
+    );
+    Output::new(peers.into(), &bb_ir::types::TYPE_PEER_ID_VEC)
 }
 
 /// A registry client. Its bootstrap adds the registry to the Node's
@@ -325,34 +362,7 @@ impl Module for Broadcast {
             &bb_ir::types::TYPE_SCALAR_I32,
             bb_ir::peer_class::SELF_CLASS,
         );
-        let view = PeerSelectorSlot::default();
-        let slot_id = g.register_generic(&view, "PeerSelectorRuntime");
-        // Pushed by hand so it reads `count` as an input (see `U32Const`)
-        // and yields peers of class `client`: peers other than `@self`, so
-        // the `net_out` below splits sender and receiver into two targets.
-        g.push_node(NodeProto {
-            op_type: "Sample".into(),
-            domain: "ai.bytesandbrains.role.peer_selector".into(),
-            input: vec!["count".into()],
-            output: vec!["sampled".into()],
-            metadata_props: vec![
-                entry(bb_ir::keys::REQUIRED_TRAIT_KEY, "PeerSelectorRuntime"),
-                entry(bb_ir::keys::SLOT_ID_KEY, &slot_id.to_string()),
-                entry(bb_ir::peer_class::PEER_CLASS_KEY, "client"),
-            ],
-            ..Default::default()
-        });
-        g.declare_value_info("sampled", &bb_ir::types::TYPE_PEER_ID_VEC);
-        push_helper(
-            g,
-            "ToPeerVec",
-            vec!["sampled".into()],
-            "peers",
-            vec![],
-            &bb_ir::types::TYPE_PEER_ID_VEC,
-            "client",
-        );
-        let peers = Output::new("peers".into(), &bb_ir::types::TYPE_PEER_ID_VEC);
+        let peers = sample_clients(g, "sampled", "peers");
         g.net_out("bcast", peers, x);
         let got = g.lookup_output("bcast").expect("bcast");
         g.output("got", got);
@@ -410,6 +420,30 @@ pub fn enable_registry_dispatch(node: &mut Node) {
     engine.register_protocol_dispatcher::<GlobalRegistryClient>();
     engine.register_protocol_dispatcher::<GlobalRegistryServer>();
     engine.resolve_dispatch();
+}
+
+/// Installs `targets` of `model` on a Node with the engine PeerId of `key`.
+pub fn install(key: &Keypair, model: &ModelProto, targets: &[&str]) -> Node {
+    let me = bb_libp2p::to_engine_peer(&key.public().to_peer_id());
+    bytesandbrains::install(
+        me,
+        vec![Address::empty().p2p(me)],
+        model.clone(),
+        targets,
+        bytesandbrains::Config::new(),
+    )
+    .expect("install")
+}
+
+/// Both models' functions in one model, for Nodes that install both.
+pub fn merge(mut a: ModelProto, b: &ModelProto) -> ModelProto {
+    a.functions.extend(b.functions.iter().cloned());
+    for prop in &b.metadata_props {
+        if !a.metadata_props.iter().any(|p| p.key == prop.key) {
+            a.metadata_props.push(prop.clone());
+        }
+    }
+    a
 }
 
 /// Everything compiled for one registry and its clients.
