@@ -9,6 +9,12 @@
 //! to the swarm when it dials the peer. When the peer has neither a
 //! connection nor an address left, the reference is dropped: an entry the
 //! engine's own protocols also hold stays, with their counts untouched.
+//!
+//! Addresses stay through failed dials (a restarting peer comes back where it
+//! was; the behaviour's back-off spaces the attempts out); they go when the
+//! peer store or the application forgets them, or when more than
+//! [`MAX_UNCONNECTED_PEERS`] unconnected peers are known and this one was
+//! learned longest ago.
 
 use std::collections::HashMap;
 
@@ -22,10 +28,16 @@ use crate::peer::{p2p_address, to_engine_peer};
 /// arrives (the peer store's default record capacity).
 pub(crate) const MAX_ADDRESSES_PER_PEER: usize = 8;
 
-/// The peers this side has made resolvable to the engine.
+/// Unconnected peers kept for their addresses; past this, the one learned
+/// longest ago is forgotten (the peer store's default capacity).
+pub(crate) const MAX_UNCONNECTED_PEERS: usize = 1000;
+
+/// The peers the swarm can reach, and the engine references held for them.
 #[derive(Default)]
 pub(crate) struct PeerBook {
     peers: HashMap<PeerId, Known>,
+    /// Orders `Known::learned`.
+    clock: u64,
 }
 
 #[derive(Default)]
@@ -35,6 +47,11 @@ struct Known {
     addresses: Vec<Multiaddr>,
     /// Established connections.
     connections: usize,
+    /// Whether this side holds an engine reference (the engine's book may
+    /// have been full).
+    held: bool,
+    /// When an address was last learned.
+    learned: u64,
 }
 
 impl Known {
@@ -53,12 +70,12 @@ impl PeerBook {
         peer: PeerId,
         dialed: Option<&Multiaddr>,
     ) -> Result<(), AddressBookError> {
-        let known = self.hold(book, peer)?;
+        let known = self.peers.entry(peer).or_default();
         known.connections += 1;
         if let Some(address) = dialed.and_then(|a| normalise(&peer, a)) {
             remember(known, address);
         }
-        Ok(())
+        self.hold(book, peer)
     }
 
     /// A connection to `peer` closed; `remaining` are still established.
@@ -87,9 +104,14 @@ impl PeerBook {
         {
             return Ok(false);
         }
-        let known = self.hold(book, peer)?;
+        if !self.peers.contains_key(&peer) {
+            self.make_room(book);
+        }
+        self.clock += 1;
+        let known = self.peers.entry(peer).or_default();
+        known.learned = self.clock;
         remember(known, address);
-        Ok(true)
+        self.hold(book, peer).map(|()| true)
     }
 
     /// Forgets one address of `peer`; `true` when it was known.
@@ -142,7 +164,7 @@ impl PeerBook {
 
     /// Whether this side holds an engine reference for `peer`.
     pub(crate) fn is_known(&self, peer: &PeerId) -> bool {
-        self.peers.contains_key(peer)
+        self.peers.get(peer).is_some_and(|k| k.held)
     }
 
     /// Whether `peer` has an established connection.
@@ -160,30 +182,47 @@ impl PeerBook {
 
     /// Peers this side holds an engine reference for.
     pub(crate) fn len(&self) -> usize {
-        self.peers.len()
+        self.peers.values().filter(|k| k.held).count()
     }
 
-    /// The entry for `peer`, taking one engine reference when it is new.
-    fn hold(
-        &mut self,
-        book: &mut AddressBook,
-        peer: PeerId,
-    ) -> Result<&mut Known, AddressBookError> {
-        if !self.peers.contains_key(&peer) {
+    /// Takes the engine reference for `peer` (tracked already) if not held.
+    fn hold(&mut self, book: &mut AddressBook, peer: PeerId) -> Result<(), AddressBookError> {
+        let known = self.peers.get_mut(&peer).expect("tracked before holding");
+        if !known.held {
             // `add_peer` counts one more reference on an entry the engine
             // already has, so releasing it later leaves the engine's own.
             book.add_peer(to_engine_peer(&peer), vec![p2p_address(&peer)])?;
+            known.held = true;
         }
-        Ok(self.peers.entry(peer).or_default())
+        Ok(())
+    }
+
+    /// Forgets the unconnected peer learned longest ago when there are too
+    /// many.
+    fn make_room(&mut self, book: &mut AddressBook) {
+        let unconnected = self.peers.values().filter(|k| k.connections == 0);
+        if unconnected.count() < MAX_UNCONNECTED_PEERS {
+            return;
+        }
+        let oldest = self
+            .peers
+            .iter()
+            .filter(|(_, k)| k.connections == 0)
+            .min_by_key(|(_, k)| k.learned)
+            .map(|(p, _)| *p);
+        if let Some(peer) = oldest {
+            self.forget_peer(book, peer);
+        }
     }
 
     fn release_if_unreachable(&mut self, book: &mut AddressBook, peer: PeerId) {
         if !self.peers.get(&peer).is_some_and(Known::is_empty) {
             return;
         }
-        self.peers.remove(&peer);
-        // The engine may have dropped the entry itself; nothing left to do.
-        let _ = book.drop_peer(to_engine_peer(&peer));
+        if self.peers.remove(&peer).is_some_and(|k| k.held) {
+            // The engine may have dropped the entry itself; nothing to do.
+            let _ = book.drop_peer(to_engine_peer(&peer));
+        }
     }
 }
 
@@ -306,5 +345,28 @@ mod tests {
             Err(AddressBookError::Full { cap: 1 })
         ));
         assert!(!peers.is_known(&q));
+        // Its connection still counts (policy closes connections by it), and
+        // releasing it drops nothing it does not hold.
+        assert!(peers.is_connected(&q));
+        peers.disconnected(&mut book, q, 0);
+        assert_eq!(book.ref_count(to_engine_peer(&p)), 1);
+    }
+
+    #[test]
+    fn unconnected_peers_are_bounded_oldest_first() {
+        let (mut book, mut peers) = (AddressBook::new(), PeerBook::default());
+        let connected = peer();
+        peers.connected(&mut book, connected, None).unwrap();
+        let first = peer();
+        peers.learn(&mut book, first, &addr("/memory/1")).unwrap();
+        for i in 0..MAX_UNCONNECTED_PEERS {
+            peers
+                .learn(&mut book, peer(), &addr(&format!("/memory/{}", i + 2)))
+                .unwrap();
+        }
+        assert!(!peers.is_known(&first), "the oldest went");
+        assert!(book.lookup(to_engine_peer(&first)).is_none());
+        assert!(peers.is_known(&connected), "connected peers stay");
+        assert_eq!(peers.len(), MAX_UNCONNECTED_PEERS + 1);
     }
 }

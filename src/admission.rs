@@ -60,19 +60,27 @@ pub(crate) fn record_failure(engine: &mut Engine, peer: &PeerId) -> bool {
     state.governor.record_failure(peer, now_ns) == LifecycleTransition::WentDown
 }
 
-/// Records that `peer` answered. `true` when it had been down.
+/// Records that `peer` acknowledged an envelope. `true` when it had been
+/// down.
+///
+/// A back-off whose wait is still running stays: it may be the peer's own
+/// request to slow down (a `BackoffNotice`), which an overloaded peer still
+/// acknowledging envelopes must not cancel.
 pub(crate) fn record_success(engine: &mut Engine, peer: &PeerId) -> bool {
     let now_ns = engine.framework.scheduler.now_ns();
     let peer = to_engine_peer(peer);
     let state = &mut engine.framework.peer_state;
+    if state
+        .backoff
+        .state(peer)
+        .is_some_and(|s| now_ns >= s.next_retry_ns)
+    {
+        state.backoff.record_success(peer);
+    }
     let failing = state
         .governor
         .peer_health(peer)
         .is_some_and(|h| h.consecutive_failures > 0);
-    if !failing && state.backoff.state(peer).is_none() {
-        // The common case: nothing to clear, no map write per envelope.
-        return false;
-    }
-    state.backoff.record_success(peer);
-    state.governor.record_success(peer, now_ns) == LifecycleTransition::CameUp
+    // The common case writes nothing per envelope.
+    failing && state.governor.record_success(peer, now_ns) == LifecycleTransition::CameUp
 }

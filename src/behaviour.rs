@@ -7,6 +7,7 @@ use std::time::Duration;
 use bb_runtime::engine::EngineStep;
 use bb_runtime::envelope::WireEnvelope;
 use bb_runtime::framework::{backoff_notice_type_hash, BackoffNoticePayload};
+use bb_runtime::ids::PeerId as EnginePeerId;
 use bb_runtime::ingress::IngressEvent;
 use bb_runtime::node::Node;
 use libp2p::core::transport::PortUse;
@@ -38,7 +39,7 @@ const ENGINE_CYCLES_PER_POLL: usize = 32;
 /// Runs a bytesandbrains [`Node`] over libp2p.
 ///
 /// Every envelope the engine yields (`EngineStep::SendEnvelope`) becomes a
-/// request on [`PROTOCOL_NAME`](crate::PROTOCOL_NAME) to the peer its
+/// request on [`PROTOCOL_NAME`] to the peer its
 /// `dest_peer_addresses` names, dialling it if needed; every envelope a peer
 /// sends is pushed into the Node's ingress as
 /// `IngressEvent::EnvelopeFrom`, attributed to the connection's
@@ -57,18 +58,22 @@ const ENGINE_CYCLES_PER_POLL: usize = 32;
 /// connection nor an address is released from the engine's book (only this
 /// behaviour's reference; entries the engine's protocols hold stay). With a
 /// `libp2p::peer_store` beside it, pass the store's events to
-/// [`Behaviour::on_peer_store_event`] so that what the store forgets, the
-/// engine forgets.
+/// [`Behaviour::on_peer_store_event`] so that an address the store removes,
+/// the engine forgets. (The store drops peers past its capacity without an
+/// event; this behaviour keeps at most a thousand unconnected peers itself,
+/// forgetting the one learned longest ago.)
 ///
 /// The Node's PeerGovernor decides admission: a peer blocked with
 /// `node_mut().block_peer(..)`, or left off `node_mut().set_allowlist(..)`,
 /// gets no connection in either direction, its open connections are closed
 /// ([`Event::ConnectionDenied`], [`Event::PeerDisconnected`]) and its
 /// envelopes never reach the engine. A peer that keeps failing (dial
-/// failures, timeouts, closed connections) is backed off: it is not dialled
-/// again until its back-off passes, and sends to it fail at once with
-/// [`SendFailure::Backoff`]; past the governor's threshold the behaviour
-/// reports [`Event::PeerDown`], and [`Event::PeerUp`] when it answers again.
+/// failures, timeouts, closed connections, streams that break) is backed
+/// off: this behaviour does not dial it for its envelopes until the back-off
+/// passes, and they fail at once with [`SendFailure::Backoff`] meanwhile
+/// (dials the application or other behaviours make are theirs); past the
+/// governor's threshold it reports [`Event::PeerDown`], and [`Event::PeerUp`]
+/// when the peer acknowledges an envelope again.
 ///
 /// The Node is `!Send`, so this behaviour and its swarm are too: run the
 /// swarm on one task (a current-thread runtime, a `LocalSet`, or
@@ -91,6 +96,9 @@ pub struct Behaviour {
     actions: VecDeque<ToSwarm<Event, THandlerInEvent<Self>>>,
     /// The Node was handed out mutably: its peer policy may have changed.
     policy_dirty: bool,
+    /// The governor's blocklist and allowlist the connections were last
+    /// checked against.
+    policy_seen: (HashSet<EnginePeerId>, Option<HashSet<EnginePeerId>>),
     stats: WireStats,
     /// Peers reported down ([`Event::PeerDown`]) and not up since.
     down: HashSet<PeerId>,
@@ -173,6 +181,7 @@ impl Behaviour {
             disconnecting: HashSet::new(),
             actions: VecDeque::new(),
             policy_dirty: false,
+            policy_seen: (HashSet::new(), None),
             stats: WireStats::default(),
             down: HashSet::new(),
             advised: Vec::new(),
@@ -264,14 +273,18 @@ impl Behaviour {
                 if !self.emit_op_steps => {}
             // Declared by the engine 0.3.8 but never emitted; reported the
             // same way as the transitions this behaviour sees itself.
-            EngineStep::PeerDown { peer } if to_libp2p_peer(&peer).is_ok() => {
-                let peer = to_libp2p_peer(&peer).expect("checked");
-                self.report_down(peer);
-            }
-            EngineStep::PeerUp { peer } if to_libp2p_peer(&peer).is_ok() => {
-                let peer = to_libp2p_peer(&peer).expect("checked");
-                self.report_up(peer);
-            }
+            EngineStep::PeerDown { peer } => match to_libp2p_peer(&peer) {
+                Ok(peer) => self.report_down(peer),
+                Err(_) => self
+                    .events
+                    .push_back(Event::Engine(EngineStep::PeerDown { peer })),
+            },
+            EngineStep::PeerUp { peer } => match to_libp2p_peer(&peer) {
+                Ok(peer) => self.report_up(peer),
+                Err(_) => self
+                    .events
+                    .push_back(Event::Engine(EngineStep::PeerUp { peer })),
+            },
             step => self.events.push_back(Event::Engine(step)),
         }
     }
@@ -370,6 +383,15 @@ impl Behaviour {
         request_id: Option<OutboundRequestId>,
         reason: SendFailure,
     ) {
+        // Envelopes in flight when their peer was denied fail as closed
+        // connections or refused dials: they were denied, not unanswered.
+        let reason = match peer
+            .filter(|_| reason.is_unreachable())
+            .and_then(|p| admission::denial(self.node.engine_install_handle(), &p))
+        {
+            Some(denial) => SendFailure::Denied(denial),
+            None => reason,
+        };
         tracing::debug!(?peer, wire_req_id, %reason, "envelope not delivered");
         if let Some(peer) = peer.filter(|_| reason.is_unreachable()) {
             self.peer_failed(peer);
@@ -525,14 +547,7 @@ impl Behaviour {
                 format!("peer {peer} denied: {denial}"),
             ));
         }
-        if let Some(notice) = backoff_notice(&envelope) {
-            self.advised.push(peer);
-            self.events.push_back(Event::BackoffAdvised {
-                peer,
-                retry_in: Duration::from_nanos(notice.min_backoff_ns),
-                cause: notice.cause(),
-            });
-        }
+        let notice = backoff_notice(&envelope);
         self.sites.inbound(&mut envelope).map_err(no_receiver)?;
         let event = IngressEvent::EnvelopeFrom {
             // The connection's authenticated identity, never the envelope's
@@ -546,7 +561,16 @@ impl Behaviour {
         self.node
             .ingress_handle()
             .push(event)
-            .map_err(|_| self.busy())
+            .map_err(|_| self.busy())?;
+        if let Some(notice) = notice {
+            self.advised.push(peer);
+            self.events.push_back(Event::BackoffAdvised {
+                peer,
+                retry_in: Duration::from_nanos(notice.min_backoff_ns),
+                cause: notice.cause(),
+            });
+        }
+        Ok(())
     }
 
     /// Makes `peer` resolvable by the engine's `wire.Send` through a learned
@@ -571,7 +595,10 @@ impl Behaviour {
         if let Err(e) = self.peers.connected(book, peer, dialed) {
             tracing::warn!(%peer, "engine AddressBook refused the peer: {e}");
         }
-        self.peer_answered(peer);
+        // Admitted, so no longer on its way out: a later denial closes it
+        // again. (A connection is no answer: a peer that accepts and drops it
+        // keeps its failure streak; only an acknowledgement clears that.)
+        self.disconnecting.remove(&peer);
     }
 
     fn on_connection_closed(&mut self, closed: &ConnectionClosed) {
@@ -607,7 +634,24 @@ impl Behaviour {
     /// Closes the connections of connected peers the Node now denies.
     fn enforce_policy(&mut self) {
         self.policy_dirty = false;
+        let governor = &self
+            .node
+            .engine_install_handle()
+            .framework
+            .peer_state
+            .governor;
+        let lists = (governor.blocklist(), governor.allowlist());
+        if lists == (&self.policy_seen.0, self.policy_seen.1.as_ref()) {
+            // Most `node_mut()` calls invoke a Module; the lists are as they
+            // were, and the connected peers were checked against them.
+            return;
+        }
+        self.policy_seen = (lists.0.clone(), lists.1.cloned());
         let engine = self.node.engine_install_handle();
+        // A peer unblocked and blocked again while its old connection closes
+        // must be closed again.
+        self.disconnecting
+            .retain(|p| admission::denial(engine, p).is_some());
         let denied: Vec<(PeerId, Denial)> = self
             .peers
             .connected_peers()
@@ -661,8 +705,9 @@ impl Behaviour {
     }
 
     /// Reports the peers whose `BackoffNotice` the engine just took past
-    /// the failure threshold.
-    fn check_advised(&mut self) {
+    /// the failure threshold. `true` when it reported any.
+    fn check_advised(&mut self) -> bool {
+        let before = self.events.len();
         for peer in std::mem::take(&mut self.advised) {
             if self
                 .node
@@ -672,6 +717,7 @@ impl Behaviour {
                 self.report_down(peer);
             }
         }
+        self.events.len() != before
     }
 
     /// Runs one engine cycle. `Ready` when it did work, whose envelopes and
@@ -689,14 +735,18 @@ impl Behaviour {
             // Consume a due timer; the cycle below acts on it.
             let _ = self.clock.poll_due(cx);
             self.clock.advance(self.node.engine_install_handle());
-            if let Poll::Ready(steps) = self.node.poll(cx) {
+            let polled = self.node.poll(cx);
+            // The engine takes a BackoffNotice without a step, so look
+            // whatever the poll returned.
+            let reported = !self.advised.is_empty() && self.check_advised();
+            if let Poll::Ready(steps) = polled {
                 self.clock_dirty = true;
-                if !self.advised.is_empty() {
-                    self.check_advised();
-                }
                 for step in steps {
                     self.on_step(step);
                 }
+                return Poll::Ready(());
+            }
+            if reported {
                 return Poll::Ready(());
             }
             if self.clock_dirty {

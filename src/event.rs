@@ -61,9 +61,11 @@ pub enum Event {
         rejection: Rejection,
     },
     /// The Node's PeerGovernor denies `peer`, so the behaviour refused a
-    /// connection with it. The swarm reports the same refusal as a
-    /// `DialFailure` or `IncomingConnectionError` whose cause downcasts to
-    /// [`PeerDenied`].
+    /// connection with it. Where the swarm reports the refusal itself (an
+    /// `Err(DialError::Denied)` from `Swarm::dial`, an
+    /// `IncomingConnectionError` or `OutgoingConnectionError`), its cause
+    /// downcasts to [`PeerDenied`]; a dial this behaviour started is refused
+    /// silently and its envelopes fail with [`SendFailure::Denied`].
     ConnectionDenied {
         /// The refused peer.
         peer: PeerId,
@@ -83,18 +85,19 @@ pub enum Event {
         /// Why.
         reason: Denial,
     },
-    /// A peer reached the PeerGovernor's failure threshold (consecutive
-    /// dial failures, timeouts or closed connections on sends to it). The
-    /// behaviour dials it again only once each back-off has passed; the
-    /// back-off doubles with every failed attempt, up to a minute.
+    /// A peer reached the PeerGovernor's failure threshold: consecutive
+    /// sends to it failed to reach it (dial failures, timeouts, closed
+    /// connections, unsupported protocol, broken streams), or it sent
+    /// `BackoffNotice`s. The behaviour dials it for its envelopes again only
+    /// once each back-off has passed; the back-off doubles with every failed
+    /// attempt, up to a minute.
     PeerDown {
         /// The peer.
         peer: PeerId,
         /// Consecutive failures so far.
         consecutive_failures: u32,
     },
-    /// A peer that was down answered again (an acknowledgement or a new
-    /// connection).
+    /// A peer that was down acknowledged an envelope again.
     PeerUp {
         /// The peer.
         peer: PeerId,

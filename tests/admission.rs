@@ -377,3 +377,76 @@ fn rand_port() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(Instant::now()) | 1 << 40
 }
+
+/// A peer that accepts connections and drops them at once (here: it blocks
+/// this Node) is no more answering than one that refuses them: its back-off
+/// grows and it is reported down, rather than redialled every few
+/// milliseconds.
+#[tokio::test(flavor = "current_thread")]
+async fn a_peer_that_drops_every_connection_is_backed_off() {
+    let (mut s, sender) = swarms(1, 1);
+    let (mut a, mut b) = (s.remove(0), s.remove(0));
+    let (pa, pb) = (*a.local_peer_id(), *b.local_peer_id());
+    block(&mut b, &pa);
+    let b_addr = listen(&mut b).await;
+    a.add_peer_address(pb, b_addr);
+
+    let started = Instant::now();
+    let (mut dials, mut down, mut n) = (0, false, 0u32);
+    while started.elapsed() < Duration::from_millis(1500) {
+        n += 1;
+        send_value(a.behaviour_mut().node_mut(), &sender, pb, &n.to_le_bytes());
+        run_for(
+            &mut [&mut a, &mut b],
+            Duration::from_millis(5),
+            |i, e| match e {
+                SwarmEvent::Dialing { .. } if i == 0 => dials += 1,
+                SwarmEvent::Behaviour(Event::PeerDown { peer, .. }) if i == 0 => {
+                    assert_eq!(peer, pb);
+                    down = true;
+                }
+                SwarmEvent::Behaviour(Event::AppEvent { .. }) => panic!("delivered"),
+                _ => {}
+            },
+        )
+        .await;
+    }
+    assert!(down, "no PeerDown after {dials} dials");
+    // 10, 20, 40, 80, 160, 320, 640 ms apart: at most eight in 1.5 s, where
+    // a peer redialled on every send would be dialled over a hundred times.
+    assert!(dials <= 8, "{dials} dials for {n} sends");
+}
+
+/// A connected peer the engine's AddressBook had no room for is still
+/// disconnected when it is blocked.
+#[tokio::test(flavor = "current_thread")]
+async fn a_peer_missing_from_a_full_address_book_is_still_disconnected() {
+    let (mut s, _) = swarms(1, 1);
+    let (mut a, mut b) = (s.remove(0), s.remove(0));
+    let pb = *b.local_peer_id();
+    let book = &mut a
+        .behaviour_mut()
+        .node_mut()
+        .engine_install_handle()
+        .framework
+        .address_book;
+    let full = book.len();
+    book.set_cap(full);
+    connect(&mut a, &mut b).await;
+    assert!(!a.behaviour().is_known(&pb), "the book had no room");
+
+    block(&mut a, &pb);
+    let closed = until(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(5),
+        "A's disconnect",
+        |i, e| match e {
+            SwarmEvent::Behaviour(Event::PeerDisconnected { peer, reason }) if i == 0 => {
+                Some((peer, reason))
+            }
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(closed, (pb, Denial::Blocked));
+}
