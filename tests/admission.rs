@@ -450,3 +450,77 @@ async fn a_peer_missing_from_a_full_address_book_is_still_disconnected() {
     .await;
     assert_eq!(closed, (pb, Denial::Blocked));
 }
+
+/// A peer's engine asking this Node to slow down (`BackoffNotice`) is
+/// reported, held to by the engine, and five in a row mark the peer down.
+#[tokio::test(flavor = "current_thread")]
+async fn a_peers_backoff_notices_are_reported_and_counted() {
+    use bytesandbrains::framework::{
+        build_backoff_notice_envelope, BackoffCause, BackoffNoticePayload,
+    };
+    let (mut s, _) = swarms(1, 1);
+    let (mut a, mut b) = (s.remove(0), s.remove(0));
+    let (pa, pb) = (*a.local_peer_id(), *b.local_peer_id());
+    connect(&mut a, &mut b).await;
+
+    let wait = Duration::from_millis(400);
+    let mut reported = Vec::new();
+    let mut down = None;
+    for _ in 0..5 {
+        // B's engine sends A what its ingress back-pressure would.
+        let notice = build_backoff_notice_envelope(
+            to_engine_peer(&pb),
+            to_engine_peer(&pa),
+            BackoffNoticePayload::new(wait.as_nanos() as u64, BackoffCause::QueueFull, None),
+        );
+        b.behaviour_mut()
+            .node_mut()
+            .engine_install_handle()
+            .framework
+            .outbound_queue
+            .push(notice);
+        let advised = until(
+            &mut [&mut a, &mut b],
+            Duration::from_secs(5),
+            "BackoffAdvised",
+            |i, e| match e {
+                SwarmEvent::Behaviour(Event::BackoffAdvised {
+                    peer,
+                    retry_in,
+                    cause,
+                }) if i == 0 => Some((peer, retry_in, cause)),
+                SwarmEvent::Behaviour(Event::PeerDown {
+                    peer,
+                    consecutive_failures,
+                }) if i == 0 => {
+                    down = Some((peer, consecutive_failures));
+                    None
+                }
+                _ => None,
+            },
+        )
+        .await;
+        reported.push(advised);
+    }
+    assert_eq!(reported, vec![(pb, wait, BackoffCause::QueueFull); 5]);
+    run_for(&mut [&mut a, &mut b], Duration::from_millis(50), |i, e| {
+        if let SwarmEvent::Behaviour(Event::PeerDown {
+            peer,
+            consecutive_failures,
+        }) = e
+        {
+            assert_eq!(i, 0);
+            down = Some((peer, consecutive_failures));
+        }
+    })
+    .await;
+    assert_eq!(down, Some((pb, 5)));
+    // The engine holds its sends to B for the wait the notice asked for.
+    let engine = a.behaviour_mut().node_mut().engine_install_handle();
+    let now = engine.framework.scheduler.now_ns();
+    assert!(!engine
+        .framework
+        .peer_state
+        .backoff
+        .should_retry(to_engine_peer(&pb), now));
+}
