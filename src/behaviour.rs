@@ -252,6 +252,19 @@ impl Behaviour {
         self.stats
     }
 
+    /// Hands the Node an envelope from `peer` that arrived by other means (a
+    /// relay of the application's, a test), exactly as one read from the
+    /// wire: the same policy, routing and ingress checks apply, and the
+    /// refusal the peer would have been acknowledged with is returned.
+    pub fn inject_envelope(
+        &mut self,
+        peer: PeerId,
+        envelope: WireEnvelope,
+    ) -> Result<(), Rejection> {
+        self.clock_dirty = true;
+        self.accept(peer, envelope)
+    }
+
     /// Outbound envelopes that have neither been acknowledged nor failed.
     pub fn envelopes_in_flight(&self) -> usize {
         self.in_flight.len()

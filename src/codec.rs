@@ -52,16 +52,17 @@ pub enum Request {
 }
 
 /// The request-response codec of [`PROTOCOL_NAME`]: envelope caps for
-/// reading, nothing else. Public because it names the behaviour's connection
-/// handler; users do not need to build one.
+/// reading, nothing else. The behaviour builds its own; build one to read or
+/// write the protocol's frames elsewhere (a test peer, a fuzzer).
 #[derive(Debug, Clone)]
 pub struct Codec {
     caps: EnvelopeCaps,
 }
 
 impl Codec {
-    /// `max_envelope_bytes` replaces `caps.max_total_bytes`.
-    pub(crate) fn new(mut caps: EnvelopeCaps, max_envelope_bytes: usize) -> Self {
+    /// A codec that reads envelopes within `caps`, with
+    /// `max_envelope_bytes` in place of `caps.max_total_bytes`.
+    pub fn new(mut caps: EnvelopeCaps, max_envelope_bytes: usize) -> Self {
         caps.max_total_bytes = max_envelope_bytes;
         Self { caps }
     }
