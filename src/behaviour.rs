@@ -1,15 +1,20 @@
 //! The [`Behaviour`]: a bytesandbrains `Node` as a libp2p `NetworkBehaviour`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bb_runtime::engine::EngineStep;
 use bb_runtime::envelope::WireEnvelope;
-use bb_runtime::framework::{backoff_notice_type_hash, BackoffNoticePayload};
+use bb_runtime::errors::SnapshotError;
+use bb_runtime::framework::{backoff_notice_type_hash, BackoffCause, BackoffNoticePayload};
 use bb_runtime::ids::PeerId as EnginePeerId;
 use bb_runtime::ingress::IngressEvent;
 use bb_runtime::node::Node;
+use bb_runtime::snapshot::NodeSnapshot;
+use futures::FutureExt;
+use futures_timer::Delay;
 use libp2p::core::transport::PortUse;
 use libp2p::core::Endpoint;
 use libp2p::peer_store::memory_store;
@@ -27,6 +32,7 @@ use crate::admission;
 use crate::clock::{self, Clock};
 use crate::codec::{self, Ack, Codec, Request, MAX_DETAIL_BYTES, PROTOCOL_NAME};
 use crate::event::{Denial, Event, PeerDenied, RejectKind, Rejection, SendFailure};
+use crate::outbox::{Outbox, Outgoing};
 use crate::peer::{p2p_address, peer_of_address, to_engine_peer, to_libp2p_peer};
 use crate::sites::Sites;
 use crate::stats::WireStats;
@@ -35,6 +41,14 @@ use crate::Config;
 /// Engine cycles one `poll` runs before it yields to the rest of the swarm
 /// (and schedules itself again).
 const ENGINE_CYCLES_PER_POLL: usize = 32;
+
+/// How often an envelope a peer refuses as busy is sent again before it
+/// fails, the waits doubling from [`BUSY_WAIT`].
+const MAX_BUSY_ANSWERS: u32 = 5;
+
+/// The first wait after a peer answers busy: 10, 20, 40, 80, 160 ms, in all
+/// about the time a full engine ingress takes to drain.
+const BUSY_WAIT: Duration = Duration::from_millis(10);
 
 /// Runs a bytesandbrains [`Node`] over libp2p.
 ///
@@ -86,8 +100,25 @@ pub struct Behaviour {
     clock: Clock,
     emit_op_steps: bool,
     max_envelope_bytes: usize,
-    /// Outbound envelopes awaiting their acknowledgement: peer, wire_req_id.
-    in_flight: HashMap<OutboundRequestId, (PeerId, u64)>,
+    /// Outbound envelopes awaiting their acknowledgement, kept for a retry
+    /// when the peer is busy and for [`Behaviour::snapshot`].
+    in_flight: HashMap<OutboundRequestId, Outgoing>,
+    max_in_flight: usize,
+    /// Inbound envelopes the engine's ingress may hold before "busy".
+    max_ingress: usize,
+    /// Envelopes waiting for room under `max_in_flight` or for a busy peer.
+    outbox: Outbox,
+    /// The outbox may hold envelopes that can go now.
+    outbox_dirty: bool,
+    /// Fires when the earliest busy peer's wait ends.
+    outbox_timer: Option<Delay>,
+    /// In-flight requests whose envelope's deadline budget ends before the
+    /// request timeout: when, which, the budget.
+    deadlines: BinaryHeap<Reverse<(Instant, OutboundRequestId, Duration)>>,
+    deadline_timer: Option<Delay>,
+    /// Deadline budgets shorter than this bound the wire; zero when
+    /// [`Config::with_wire_deadlines`] is off.
+    deadline_bound: Duration,
     /// Peers made resolvable to the engine, with their dialable addresses.
     peers: PeerBook,
     /// Denied peers whose connections the swarm has been asked to close.
@@ -157,6 +188,9 @@ impl Behaviour {
             Ok(steps) => early_steps.extend(steps),
             Err(error) => events.push_back(Event::BootstrapFailed(error)),
         }
+        let max_ingress = config
+            .max_ingress_envelopes()
+            .unwrap_or_else(|| node.ingress_handle().capacity());
         let max_envelope_bytes = config
             .max_envelope_bytes()
             .unwrap_or(node.config().envelope_caps.max_total_bytes);
@@ -177,6 +211,18 @@ impl Behaviour {
             emit_op_steps: config.op_steps(),
             max_envelope_bytes,
             in_flight: HashMap::new(),
+            max_in_flight: config.max_envelopes_in_flight(),
+            max_ingress,
+            outbox: Outbox::new(config.max_queued_envelopes()),
+            outbox_dirty: false,
+            outbox_timer: None,
+            deadlines: BinaryHeap::new(),
+            deadline_timer: None,
+            deadline_bound: if config.wire_deadlines() {
+                config.request_timeout()
+            } else {
+                Duration::ZERO
+            },
             peers: PeerBook::default(),
             disconnecting: HashSet::new(),
             actions: VecDeque::new(),
@@ -265,9 +311,46 @@ impl Behaviour {
         self.accept(peer, envelope)
     }
 
-    /// Outbound envelopes that have neither been acknowledged nor failed.
+    /// Outbound envelopes sent and neither acknowledged nor failed yet; at
+    /// most [`Config::with_max_envelopes_in_flight`].
     pub fn envelopes_in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// Outbound envelopes waiting to be sent (for room under the in-flight
+    /// bound, or for a busy peer's back-off); at most
+    /// [`Config::with_max_queued_envelopes`].
+    pub fn envelopes_queued(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// A snapshot of the Node to restore after a restart, with every
+    /// envelope this behaviour has not seen acknowledged (in flight or
+    /// queued) back in the engine's outbound queue: a behaviour built on the
+    /// restored Node sends them again. One that had reached the peer is
+    /// dropped there by the engine's inbound dedup window, so the peer's
+    /// engine takes each envelope once.
+    ///
+    /// The running Node is left as it was.
+    pub fn snapshot(&mut self) -> Result<NodeSnapshot, SnapshotError> {
+        let unacknowledged: Vec<WireEnvelope> = self
+            .in_flight
+            .values()
+            .chain(self.outbox.iter())
+            .map(|o| o.envelope.clone())
+            .collect();
+        let queue = &mut self.node.engine_install_handle().framework.outbound_queue;
+        let pending = queue.drain_all();
+        for envelope in pending.iter().cloned().chain(unacknowledged) {
+            queue.push(envelope);
+        }
+        let snapshot = self.node.snapshot();
+        let queue = &mut self.node.engine_install_handle().framework.outbound_queue;
+        queue.drain_all();
+        for envelope in pending {
+            queue.push(envelope);
+        }
+        snapshot
     }
 
     fn on_step(&mut self, step: EngineStep) {
@@ -286,6 +369,9 @@ impl Behaviour {
                 if !self.emit_op_steps => {}
             // Declared by the engine 0.3.8 but never emitted; reported the
             // same way as the transitions this behaviour sees itself.
+            EngineStep::OutboundDropped { count } => {
+                self.events.push_back(Event::OutboundDropped { count })
+            }
             EngineStep::PeerDown { peer } => match to_libp2p_peer(&peer) {
                 Ok(peer) => self.report_down(peer),
                 Err(_) => self
@@ -342,11 +428,215 @@ impl Behaviour {
             let engine = self.node.engine_install_handle();
             self.clock.track_wire_request(engine, wire_req_id);
         }
-        tracing::debug!(%peer, wire_req_id, size, "sending envelope");
+        let outgoing = Outgoing {
+            peer,
+            wire_req_id,
+            envelope,
+            busy_answers: 0,
+            since: Instant::now(),
+        };
+        if self.in_flight.len() < self.max_in_flight && !self.waiting(&peer) {
+            self.transmit(outgoing);
+        } else {
+            self.queue(outgoing, false);
+        }
+    }
+
+    /// Whether `peer` is connected and asked this Node to wait (it was busy,
+    /// or sent a `BackoffNotice`). An unconnected peer in back-off fails at
+    /// once instead (see `send`).
+    fn waiting(&mut self, peer: &PeerId) -> bool {
+        self.peers.is_connected(peer)
+            && admission::cooldown(self.node.engine_install_handle(), peer).is_some()
+    }
+
+    fn queue(&mut self, outgoing: Outgoing, retry: bool) {
+        let evicted = if retry {
+            self.outbox.push_front(outgoing)
+        } else {
+            self.outbox.push(outgoing)
+        };
+        self.outbox_dirty = true;
+        if let Some(dropped) = evicted {
+            let queued = self.outbox.len();
+            self.fail(
+                Some(dropped.peer),
+                dropped.wire_req_id,
+                None,
+                SendFailure::QueueFull { queued },
+            );
+        }
+    }
+
+    /// Puts an envelope on the wire, charging the time it waited here
+    /// against its deadline.
+    fn transmit(&mut self, mut outgoing: Outgoing) {
+        // Denied while it waited in the queue.
+        if let Some(denial) = admission::denial(self.node.engine_install_handle(), &outgoing.peer) {
+            return self.fail(
+                Some(outgoing.peer),
+                outgoing.wire_req_id,
+                None,
+                SendFailure::Denied(denial),
+            );
+        }
+        let waited = outgoing.since.elapsed().as_nanos() as u64;
+        let envelope = &mut outgoing.envelope;
+        if envelope.remaining_deadline_ns > 0 && waited > 0 {
+            if waited >= envelope.remaining_deadline_ns {
+                let budget = Duration::from_nanos(envelope.remaining_deadline_ns);
+                return self.fail(
+                    Some(outgoing.peer),
+                    outgoing.wire_req_id,
+                    None,
+                    SendFailure::DeadlineExceeded { budget },
+                );
+            }
+            envelope.remaining_deadline_ns -= waited;
+        }
+        outgoing.since = Instant::now();
+        let (peer, size) = (outgoing.peer, envelope.encoded_len());
+        tracing::debug!(%peer, wire_req_id = outgoing.wire_req_id, size, "sending envelope");
         self.stats.envelopes_sent += 1;
         self.stats.bytes_sent += size as u64;
-        let request_id = self.inner.send_request(&peer, Request::Envelope(envelope));
-        self.in_flight.insert(request_id, (peer, wire_req_id));
+        let budget = Duration::from_nanos(envelope.remaining_deadline_ns);
+        let request_id = self
+            .inner
+            .send_request(&peer, Request::Envelope(envelope.clone()));
+        self.in_flight.insert(request_id, outgoing);
+        // The envelope's own budget bounds how long it may take on the wire.
+        if !budget.is_zero() && budget < self.deadline_bound {
+            let at = Instant::now() + budget;
+            if self
+                .deadlines
+                .peek()
+                .is_none_or(|Reverse((first, ..))| at < *first)
+            {
+                self.deadline_timer = None;
+            }
+            self.deadlines.push(Reverse((at, request_id, budget)));
+        }
+    }
+
+    /// Fails in-flight envelopes whose deadline budget has run out; their
+    /// late acknowledgements are ignored.
+    fn expire_deadlines(&mut self, cx: &mut Context<'_>) {
+        loop {
+            if let Some(timer) = self.deadline_timer.as_mut() {
+                if timer.poll_unpin(cx).is_pending() {
+                    return;
+                }
+                self.deadline_timer = None;
+            }
+            let now = Instant::now();
+            while let Some(Reverse((at, request_id, budget))) = self.deadlines.peek().copied() {
+                if at > now {
+                    break;
+                }
+                self.deadlines.pop();
+                if let Some(outgoing) = self.in_flight.remove(&request_id) {
+                    self.outbox_dirty = true;
+                    self.fail(
+                        Some(outgoing.peer),
+                        outgoing.wire_req_id,
+                        Some(request_id),
+                        SendFailure::DeadlineExceeded { budget },
+                    );
+                }
+            }
+            let Some(Reverse((at, ..))) = self.deadlines.peek() else {
+                return;
+            };
+            self.deadline_timer = Some(Delay::new(at.saturating_duration_since(now)));
+        }
+    }
+
+    /// Sends what waited in the outbox and may go now; arms the timer for
+    /// the earliest busy peer's wait.
+    fn release_outbox(&mut self, cx: &mut Context<'_>) {
+        if let Some(timer) = self.outbox_timer.as_mut() {
+            if timer.poll_unpin(cx).is_ready() {
+                self.outbox_timer = None;
+                self.outbox_dirty = true;
+            }
+        }
+        if !self.outbox_dirty {
+            return;
+        }
+        self.outbox_dirty = false;
+        if self.outbox.is_empty() {
+            self.outbox_timer = None;
+            return;
+        }
+        self.clock.advance(self.node.engine_install_handle());
+        let mut waits: HashMap<PeerId, bool> = HashMap::new();
+        // An envelope can fail as it goes (its deadline passed while it
+        // waited), leaving room for the next: go on until none moves.
+        loop {
+            let room = self.max_in_flight.saturating_sub(self.in_flight.len());
+            let ready = {
+                let (peers, node) = (&self.peers, &mut self.node);
+                self.outbox.take_ready(room, |p| {
+                    !*waits.entry(*p).or_insert_with(|| {
+                        peers.is_connected(p)
+                            && admission::cooldown(node.engine_install_handle(), p).is_some()
+                    })
+                })
+            };
+            if ready.is_empty() {
+                break;
+            }
+            for outgoing in ready {
+                self.transmit(outgoing);
+            }
+        }
+        let engine = self.node.engine_install_handle();
+        let next = self
+            .outbox
+            .peers()
+            .filter_map(|p| admission::cooldown(engine, p))
+            .min();
+        self.outbox_timer = next.map(|wait| {
+            let mut timer = Delay::new(wait.max(Duration::from_millis(1)));
+            // Register the waker now; the timer cannot be ready yet.
+            let _ = timer.poll_unpin(cx);
+            timer
+        });
+    }
+
+    /// The peer refused `outgoing` because its engine's ingress was full:
+    /// wait, then send it again, a few times before giving up.
+    fn retry_when_not_busy(
+        &mut self,
+        mut outgoing: Outgoing,
+        request_id: OutboundRequestId,
+        reason: SendFailure,
+    ) {
+        if outgoing.busy_answers >= MAX_BUSY_ANSWERS {
+            return self.fail(
+                Some(outgoing.peer),
+                outgoing.wire_req_id,
+                Some(request_id),
+                reason,
+            );
+        }
+        outgoing.busy_answers += 1;
+        let wait = BUSY_WAIT * 2u32.pow(outgoing.busy_answers - 1);
+        let peer = outgoing.peer;
+        let engine = self.node.engine_install_handle();
+        let now_ns = engine.framework.scheduler.now_ns();
+        engine.framework.peer_state.backoff.record_remote_advisory(
+            to_engine_peer(&peer),
+            now_ns,
+            wait.as_nanos() as u64,
+        );
+        tracing::debug!(%peer, ?wait, "peer busy; holding its envelopes");
+        self.events.push_back(Event::BackoffAdvised {
+            peer,
+            retry_in: wait,
+            cause: BackoffCause::QueueFull,
+        });
+        self.queue(outgoing, true);
     }
 
     /// An envelope to this Node's own PeerId (a class that sends to its other
@@ -384,7 +674,7 @@ impl Behaviour {
             format!(
                 "engine ingress full ({} of {} events)",
                 ingress.len(),
-                ingress.capacity()
+                self.max_ingress.min(ingress.capacity())
             ),
         )
     }
@@ -494,10 +784,18 @@ impl Behaviour {
                     },
                 ..
             } => {
-                let Some((_, wire_req_id)) = self.in_flight.remove(&request_id) else {
+                let Some(outgoing) = self.in_flight.remove(&request_id) else {
                     return;
                 };
+                self.outbox_dirty = true;
+                let wire_req_id = outgoing.wire_req_id;
                 match ack_verdict(&response) {
+                    Err(
+                        reason @ SendFailure::Rejected(Rejection {
+                            kind: RejectKind::Busy,
+                            ..
+                        }),
+                    ) => self.retry_when_not_busy(outgoing, request_id, reason),
                     Ok(()) => {
                         self.peer_answered(peer);
                         self.events.push_back(Event::EnvelopeAcknowledged {
@@ -515,9 +813,10 @@ impl Behaviour {
                 error,
                 ..
             } => {
-                let Some((_, wire_req_id)) = self.in_flight.remove(&request_id) else {
+                let Some(Outgoing { wire_req_id, .. }) = self.in_flight.remove(&request_id) else {
                     return;
                 };
+                self.outbox_dirty = true;
                 let reason = match error {
                     OutboundFailure::DialFailure => SendFailure::DialFailure,
                     OutboundFailure::Timeout => SendFailure::Timeout,
@@ -571,10 +870,11 @@ impl Behaviour {
             // connection's remote address.
             src_observed_address: Some(p2p_address(&peer)),
         };
-        self.node
-            .ingress_handle()
-            .push(event)
-            .map_err(|_| self.busy())?;
+        let ingress = self.node.ingress_handle();
+        if ingress.len() >= self.max_ingress {
+            return Err(self.busy());
+        }
+        ingress.push(event).map_err(|_| self.busy())?;
         if let Some(notice) = notice {
             self.advised.push(peer);
             self.events.push_back(Event::BackoffAdvised {
@@ -805,6 +1105,7 @@ fn rejection_ack(rejection: &Rejection) -> Ack {
         RejectKind::Busy => Reason::Busy,
         RejectKind::Denied => Reason::Denied,
         RejectKind::NoReceiver => Reason::NoReceiver,
+        RejectKind::Expired => Reason::Expired,
         RejectKind::Timeout | RejectKind::Stream | RejectKind::Unknown => Reason::None,
     };
     let mut detail = rejection.detail.clone();
@@ -837,6 +1138,7 @@ fn ack_verdict(ack: &Ack) -> Result<(), SendFailure> {
                 Ok(Reason::Busy) => RejectKind::Busy,
                 Ok(Reason::Denied) => RejectKind::Denied,
                 Ok(Reason::NoReceiver) => RejectKind::NoReceiver,
+                Ok(Reason::Expired) => RejectKind::Expired,
                 Ok(Reason::None) | Err(_) => RejectKind::Unknown,
             };
             Err(SendFailure::Rejected(Rejection::new(
@@ -979,6 +1281,11 @@ impl NetworkBehaviour for Behaviour {
                     return Poll::Ready(action.map_out(|_| unreachable!("matched above")));
                 }
                 Poll::Pending => {}
+            }
+            self.expire_deadlines(cx);
+            self.release_outbox(cx);
+            if !self.events.is_empty() {
+                continue;
             }
             if cycles == ENGINE_CYCLES_PER_POLL {
                 // Busy engine: let the rest of the swarm run, then come back.

@@ -13,6 +13,7 @@
 //! rejection on the same stream.
 
 use std::io;
+use std::time::{Duration, Instant};
 
 use bb_runtime::envelope::{EnvelopeCaps, EnvelopeCodec, EnvelopeDecodeError, WireEnvelope};
 use futures::prelude::*;
@@ -145,6 +146,18 @@ async fn write_frame<T: AsyncWrite + Unpin, M: Message>(io: &mut T, msg: &M) -> 
     io.write_all(&msg.encode_length_delimited_to_vec()).await
 }
 
+/// The refusal of an envelope whose deadline budget ran out while it was
+/// being received.
+fn expired(envelope: &WireEnvelope, took: Duration) -> Option<Rejection> {
+    let budget = Duration::from_nanos(envelope.remaining_deadline_ns);
+    (envelope.remaining_deadline_ns > 0 && took > budget).then(|| {
+        Rejection::new(
+            RejectKind::Expired,
+            format!("took {took:?} to arrive, its deadline budget was {budget:?}"),
+        )
+    })
+}
+
 /// The rejection an envelope decode error becomes.
 pub(crate) fn decode_rejection(err: EnvelopeDecodeError) -> Rejection {
     let kind = match err {
@@ -164,9 +177,13 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
+        let started = Instant::now();
         Ok(match read_frame(io, self.caps.max_total_bytes).await? {
             Ok(body) => match EnvelopeCodec::decode_capped(&body, &self.caps) {
-                Ok(envelope) => Request::Envelope(envelope),
+                Ok(envelope) => match expired(&envelope, started.elapsed()) {
+                    Some(rejection) => Request::Invalid(rejection),
+                    None => Request::Envelope(envelope),
+                },
                 Err(err) => Request::Invalid(decode_rejection(err)),
             },
             Err(rejection) => Request::Invalid(rejection),

@@ -19,6 +19,10 @@ pub struct Config {
     request_timeout: Duration,
     max_envelope_bytes: Option<usize>,
     max_concurrent_streams: usize,
+    max_envelopes_in_flight: usize,
+    max_queued_envelopes: usize,
+    max_ingress_envelopes: Option<usize>,
+    wire_deadlines: bool,
     emit_op_steps: bool,
 }
 
@@ -29,6 +33,18 @@ impl Default for Config {
     ///   `config().envelope_caps.max_total_bytes` (16 MiB by default), so the
     ///   wire refuses exactly what the engine's decoder would refuse.
     /// - concurrent streams: 100 per connection, request-response's default.
+    /// - envelopes in flight: 256 sent and not yet acknowledged, across all
+    ///   peers; more wait in the queue.
+    /// - queued envelopes: 1024; past that the oldest fails with
+    ///   `"queue_full"`, so a sender outpacing its peers holds bounded
+    ///   memory.
+    /// - inbound envelopes waiting in the engine's ingress: unset, meaning
+    ///   the ingress's own capacity (4096 events by default); past it
+    ///   peers are answered "busy".
+    /// - wire deadlines: on. An envelope's `remaining_deadline_ns` (the
+    ///   engine gives each Send a per-hop budget, 100 ms by default) bounds
+    ///   how long it may wait here and on the wire, as the engine means it
+    ///   to.
     /// - per-op engine steps: not emitted (they fire once per op and would
     ///   flood the swarm's event stream).
     fn default() -> Self {
@@ -36,6 +52,10 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             max_envelope_bytes: None,
             max_concurrent_streams: 100,
+            max_envelopes_in_flight: 256,
+            max_queued_envelopes: 1024,
+            max_ingress_envelopes: None,
+            wire_deadlines: true,
             emit_op_steps: false,
         }
     }
@@ -66,6 +86,40 @@ impl Config {
         self
     }
 
+    /// Sets how many outbound envelopes may be sent and not yet acknowledged
+    /// at once (at least 1); the rest wait in the queue.
+    pub fn with_max_envelopes_in_flight(mut self, envelopes: usize) -> Self {
+        self.max_envelopes_in_flight = envelopes.max(1);
+        self
+    }
+
+    /// Sets how many outbound envelopes may wait to be sent (at least 1);
+    /// when full, the oldest fails with
+    /// [`SendFailure::QueueFull`](crate::SendFailure::QueueFull).
+    pub fn with_max_queued_envelopes(mut self, envelopes: usize) -> Self {
+        self.max_queued_envelopes = envelopes.max(1);
+        self
+    }
+
+    /// Sets how many events the engine's ingress may hold before inbound
+    /// envelopes are refused as busy (at least 1; the ingress's own
+    /// capacity bounds it too). The sender waits and sends them again.
+    pub fn with_max_ingress_envelopes(mut self, envelopes: usize) -> Self {
+        self.max_ingress_envelopes = Some(envelopes.max(1));
+        self
+    }
+
+    /// Whether an envelope's `remaining_deadline_ns` bounds its request
+    /// timeout (it fails with
+    /// [`SendFailure::DeadlineExceeded`](crate::SendFailure::DeadlineExceeded)
+    /// when the budget runs out first). Turn it off for links slower than
+    /// the engine's per-hop budget; the request timeout alone applies then.
+    /// Time an envelope waits in this behaviour's queue always counts.
+    pub fn with_wire_deadlines(mut self, bound: bool) -> Self {
+        self.wire_deadlines = bound;
+        self
+    }
+
     /// Also emit the engine's per-op steps (`OpCompleted`, `AsyncSuspended`)
     /// as [`Event::Engine`](crate::Event::Engine). Useful for tracing a graph;
     /// off by default.
@@ -87,6 +141,27 @@ impl Config {
     /// The concurrent stream limit per connection.
     pub fn max_concurrent_streams(&self) -> usize {
         self.max_concurrent_streams
+    }
+
+    /// The bound on envelopes in flight.
+    pub fn max_envelopes_in_flight(&self) -> usize {
+        self.max_envelopes_in_flight
+    }
+
+    /// The bound on queued envelopes.
+    pub fn max_queued_envelopes(&self) -> usize {
+        self.max_queued_envelopes
+    }
+
+    /// The configured bound on the engine's ingress, or `None` for its own
+    /// capacity.
+    pub fn max_ingress_envelopes(&self) -> Option<usize> {
+        self.max_ingress_envelopes
+    }
+
+    /// Whether envelope deadlines bound the request timeout.
+    pub fn wire_deadlines(&self) -> bool {
+        self.wire_deadlines
     }
 
     /// Whether per-op engine steps are emitted.

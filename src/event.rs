@@ -114,6 +114,13 @@ pub enum Event {
         /// Why the peer asked.
         cause: BackoffCause,
     },
+    /// The engine's own outbound queue was full (its `max_outbound_queue`)
+    /// and it dropped `count` envelopes, oldest first, before this behaviour
+    /// saw them (`EngineStep::OutboundDropped`).
+    OutboundDropped {
+        /// Envelopes dropped since the last report.
+        count: usize,
+    },
     /// The Node's bootstrap could not run when the behaviour was created;
     /// its body ops stay parked.
     BootstrapFailed(BootstrapError),
@@ -160,6 +167,21 @@ pub enum SendFailure {
         /// Time left until the next attempt is allowed.
         retry_in: Duration,
     },
+    /// The outbound queue was full (the in-flight bound was reached, or
+    /// peers were busy); this, its oldest envelope, made room for a newer
+    /// one.
+    QueueFull {
+        /// Envelopes queued.
+        queued: usize,
+    },
+    /// The envelope's `remaining_deadline_ns` ran out before it was
+    /// acknowledged: while it waited in this behaviour's queue (then it was
+    /// not sent), or on the wire (a late acknowledgement is ignored).
+    DeadlineExceeded {
+        /// The envelope's deadline budget: what was left when it was queued
+        /// or put on the wire.
+        budget: Duration,
+    },
 }
 
 impl SendFailure {
@@ -178,6 +200,8 @@ impl SendFailure {
             SendFailure::Rejected(_) => "nak",
             SendFailure::Denied(_) => "denied",
             SendFailure::Backoff { .. } => "backoff",
+            SendFailure::QueueFull { .. } => "queue_full",
+            SendFailure::DeadlineExceeded { .. } => "deadline",
         }
     }
 
@@ -217,6 +241,12 @@ impl fmt::Display for SendFailure {
             SendFailure::Denied(d) => write!(f, "peer denied: {d}"),
             SendFailure::Backoff { retry_in } => {
                 write!(f, "peer unreachable, next attempt in {retry_in:?}")
+            }
+            SendFailure::QueueFull { queued } => {
+                write!(f, "outbound queue full ({queued} envelopes)")
+            }
+            SendFailure::DeadlineExceeded { budget } => {
+                write!(f, "waited longer than its deadline of {budget:?}")
             }
         }
     }
@@ -269,6 +299,9 @@ pub enum RejectKind {
     /// The envelope is for a `g.net_out` port no graph on the receiving
     /// Node receives (it installed no matching receiver target).
     NoReceiver,
+    /// Receiving the envelope took longer than its `remaining_deadline_ns`:
+    /// it arrived expired, and the receiver dropped it.
+    Expired,
     /// The envelope did not arrive, or could not be answered, within the
     /// request timeout (a peer trickling bytes ends here). Never sent in an
     /// acknowledgement.
@@ -292,6 +325,7 @@ impl RejectKind {
             RejectKind::Busy => "busy",
             RejectKind::Denied => "denied",
             RejectKind::NoReceiver => "no_receiver",
+            RejectKind::Expired => "expired",
             RejectKind::Timeout => "timeout",
             RejectKind::Stream => "stream",
             RejectKind::Unknown => "unknown",

@@ -59,6 +59,7 @@ mod clock;
 pub mod codec;
 mod config;
 mod event;
+mod outbox;
 pub mod peer;
 pub mod sites;
 mod stats;

@@ -131,11 +131,48 @@ async fn unanswered_envelope_times_out() {
     let (_close, rx) = mpsc::channel(1);
     let (dest, addr) = silent_server(rx);
     let addr = addr.await;
-    let (mut a, id) = sender_to(dest, Config::default().with_request_timeout(TIMEOUT));
+    // The Send's 100 ms deadline would end it first (see
+    // `envelope_deadline_bounds_the_wire`); the request timeout is what is
+    // tested here.
+    let (mut a, id) = sender_to(
+        dest,
+        Config::default()
+            .with_request_timeout(TIMEOUT)
+            .with_wire_deadlines(false),
+    );
     a.add_peer_address(dest, addr);
     let reason = expect_failure(&mut a, dest, id).await;
     assert_eq!(reason, SendFailure::Timeout);
     assert_eq!(reason.label(), "timeout");
+}
+
+/// An unanswered envelope fails when its deadline budget (the engine's
+/// 100 ms per hop) runs out, well before the request timeout.
+#[tokio::test(flavor = "current_thread")]
+async fn envelope_deadline_bounds_the_wire() {
+    let (_close, rx) = mpsc::channel(1);
+    let (dest, addr) = silent_server(rx);
+    let addr = addr.await;
+    let (mut a, id) = sender_to(dest, Config::default().with_request_timeout(TIMEOUT));
+    a.add_peer_address(dest, addr);
+    let start = Instant::now();
+    let reason = expect_failure(&mut a, dest, id).await;
+    // The budget left when it went on the wire: the 100 ms, less the
+    // moments it spent in the behaviour.
+    let SendFailure::DeadlineExceeded { budget } = reason else {
+        panic!("expected a deadline failure, got {reason:?}")
+    };
+    assert!(
+        budget <= Duration::from_millis(100) && budget > Duration::from_millis(95),
+        "{budget:?}"
+    );
+    assert_eq!(reason.label(), "deadline");
+    // (`expect_failure` watches the engine for 300 ms after the failure.)
+    assert!(
+        start.elapsed() < TIMEOUT,
+        "failed after {:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -145,7 +182,9 @@ async fn closed_connection_fails_the_envelope() {
     let addr = addr.await;
     let (mut a, id) = sender_to(
         dest,
-        Config::default().with_request_timeout(Duration::from_secs(30)),
+        Config::default()
+            .with_request_timeout(Duration::from_secs(30))
+            .with_wire_deadlines(false),
     );
     a.add_peer_address(dest, addr);
     // Once the request is out, the server goes away.

@@ -1,0 +1,143 @@
+//! Envelopes waiting to go out: for room under the in-flight bound, or for
+//! a peer's back-off (it said it is busy) to pass.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bb_runtime::envelope::WireEnvelope;
+use libp2p::PeerId;
+
+/// An envelope on its way out.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) peer: PeerId,
+    pub(crate) wire_req_id: u64,
+    pub(crate) envelope: WireEnvelope,
+    /// Times the peer answered "busy" to it.
+    pub(crate) busy_answers: u32,
+    /// When it started waiting here, to charge the wait against its
+    /// `remaining_deadline_ns`.
+    pub(crate) since: Instant,
+}
+
+/// A bounded first-in, first-out queue of [`Outgoing`] envelopes.
+pub(crate) struct Outbox {
+    queue: VecDeque<Outgoing>,
+    cap: usize,
+}
+
+impl Outbox {
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            queue: VecDeque::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    /// Queues `outgoing`; when full, the oldest envelope makes room and is
+    /// returned.
+    pub(crate) fn push(&mut self, outgoing: Outgoing) -> Option<Outgoing> {
+        let evicted = (self.queue.len() == self.cap)
+            .then(|| self.queue.pop_front())
+            .flatten();
+        self.queue.push_back(outgoing);
+        evicted
+    }
+
+    /// Queues `outgoing` ahead of the others (a retry keeps its place in
+    /// its peer's order); when full, the newest envelope is returned.
+    pub(crate) fn push_front(&mut self, outgoing: Outgoing) -> Option<Outgoing> {
+        let evicted = (self.queue.len() == self.cap)
+            .then(|| self.queue.pop_back())
+            .flatten();
+        self.queue.push_front(outgoing);
+        evicted
+    }
+
+    /// Removes, in order, up to `room` envelopes whose peer `may_send`,
+    /// skipping the others; a peer that may not send keeps all its
+    /// envelopes, so each peer's order holds.
+    pub(crate) fn take_ready(
+        &mut self,
+        room: usize,
+        mut may_send: impl FnMut(&PeerId) -> bool,
+    ) -> Vec<Outgoing> {
+        let mut ready = Vec::new();
+        let mut held = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        while let Some(outgoing) = self.queue.pop_front() {
+            if ready.len() < room && !held.contains(&outgoing.peer) && may_send(&outgoing.peer) {
+                ready.push(outgoing);
+            } else {
+                if !held.contains(&outgoing.peer) {
+                    held.push(outgoing.peer);
+                }
+                kept.push_back(outgoing);
+            }
+        }
+        self.queue = kept;
+        ready
+    }
+
+    /// The peers with envelopes waiting.
+    pub(crate) fn peers(&self) -> impl Iterator<Item = &PeerId> {
+        self.queue.iter().map(|o| &o.peer)
+    }
+
+    /// The waiting envelopes, oldest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Outgoing> {
+        self.queue.iter()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(peer: PeerId, id: u64) -> Outgoing {
+        Outgoing {
+            peer,
+            wire_req_id: id,
+            envelope: WireEnvelope::default(),
+            busy_answers: 0,
+            since: Instant::now(),
+        }
+    }
+
+    fn ids(v: &[Outgoing]) -> Vec<u64> {
+        v.iter().map(|o| o.wire_req_id).collect()
+    }
+
+    #[test]
+    fn bounded_oldest_out() {
+        let p = PeerId::random();
+        let mut outbox = Outbox::new(2);
+        assert!(outbox.push(out(p, 1)).is_none());
+        assert!(outbox.push(out(p, 2)).is_none());
+        assert_eq!(outbox.push(out(p, 3)).map(|o| o.wire_req_id), Some(1));
+        assert_eq!(outbox.push_front(out(p, 0)).map(|o| o.wire_req_id), Some(3));
+        assert_eq!(ids(&outbox.take_ready(9, |_| true)), [0, 2]);
+    }
+
+    #[test]
+    fn a_waiting_peer_keeps_its_order_and_others_pass() {
+        let (p, q) = (PeerId::random(), PeerId::random());
+        let mut outbox = Outbox::new(8);
+        for (peer, id) in [(p, 1), (q, 2), (p, 3), (q, 4)] {
+            outbox.push(out(peer, id));
+        }
+        assert_eq!(ids(&outbox.take_ready(9, |peer| *peer == q)), [2, 4]);
+        // Room for one: the first of p's, never its second before it.
+        assert_eq!(ids(&outbox.take_ready(1, |_| true)), [1]);
+        assert_eq!(ids(&outbox.take_ready(9, |_| true)), [3]);
+        assert!(outbox.is_empty());
+    }
+}

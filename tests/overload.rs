@@ -1,0 +1,375 @@
+//! A sender outpacing its receiver: both sides stay within their bounds,
+//! the receiver answers "busy", the sender waits and sends again, and every
+//! envelope ends delivered or as a failure event.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use std::future::poll_fn;
+use std::task::Poll;
+
+use bb_libp2p::codec::proto::{Reason, Status};
+use bb_libp2p::codec::{Ack, Codec, Request};
+use bb_libp2p::{Behaviour, Config, Event, RejectKind, SendFailure, PROTOCOL_NAME};
+use bb_runtime::envelope::{EnvelopeCaps, WireEnvelope};
+use bb_runtime::ingress::IngressEvent;
+use common::models::{bytes_value, compile, install, send_value, Ping};
+use common::{connect, listen, memory_swarm, run_for, until};
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::Swarm;
+
+/// Ping's sender and receiver with the given configurations.
+fn pair(sender: Config, receiver: Config) -> (Swarm<Behaviour>, Swarm<Behaviour>, String) {
+    let (model, targets) = compile(Ping);
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let a = memory_swarm(
+        ka.clone(),
+        Behaviour::new(install(&ka, &model, &[&targets[0]]), sender),
+    );
+    let b = memory_swarm(
+        kb.clone(),
+        Behaviour::new(install(&kb, &model, &[&targets[1]]), receiver),
+    );
+    (a, b, targets[0].clone())
+}
+
+/// A receiver answering "busy" (here one that speaks the wire protocol
+/// and refuses every other envelope it is sent) makes the sender wait and
+/// send again, within its bounds. Every envelope ends acknowledged or as a
+/// failure event (one whose waits outlast the engine's 100 ms deadline
+/// fails), and none is taken twice.
+#[tokio::test(flavor = "current_thread")]
+async fn a_busy_receiver_makes_the_sender_wait_and_resend() {
+    const SENDS: u32 = 24;
+    let (mut a, _, sender) = pair(
+        Config::default()
+            .with_max_envelopes_in_flight(8)
+            .with_max_queued_envelopes(64)
+            .with_wire_deadlines(false),
+        Config::default(),
+    );
+    let kb = Keypair::generate_ed25519();
+    let pb = kb.public().to_peer_id();
+    let codec = Codec::new(EnvelopeCaps::default(), 1 << 20);
+    let mut b = memory_swarm(
+        kb,
+        request_response::Behaviour::with_codec(
+            codec,
+            [(PROTOCOL_NAME, ProtocolSupport::Full)],
+            request_response::Config::default(),
+        ),
+    );
+    let b_addr = listen(&mut b).await;
+    a.add_peer_address(pb, b_addr);
+    for n in 0..SENDS {
+        send_value(a.behaviour_mut().node_mut(), &sender, pb, &n.to_le_bytes());
+    }
+
+    let (mut taken, mut refused, mut waits) = (Vec::new(), 0, 0);
+    let (mut acked, mut failed) = (0, 0);
+    let mut worst = (0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while acked + failed < SENDS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{acked} acknowledged and {failed} failed of {SENDS}; {} in flight, {} queued",
+            a.behaviour().envelopes_in_flight(),
+            a.behaviour().envelopes_queued()
+        );
+        let wait = poll_fn(|cx| {
+            let mut progressed = false;
+            while let Poll::Ready(Some(e)) = a.poll_next_unpin(cx) {
+                progressed = true;
+                match e {
+                    SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. }) => acked += 1,
+                    SwarmEvent::Behaviour(Event::BackoffAdvised { peer, .. }) => {
+                        assert_eq!(peer, pb);
+                        waits += 1;
+                    }
+                    SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
+                        assert!(
+                            matches!(&reason, SendFailure::DeadlineExceeded { .. })
+                                || matches!(
+                                    &reason,
+                                    SendFailure::Rejected(r) if r.kind == RejectKind::Expired
+                                ),
+                            "{reason}"
+                        );
+                        failed += 1;
+                    }
+                    _ => {}
+                }
+            }
+            while let Poll::Ready(Some(e)) = b.poll_next_unpin(cx) {
+                progressed = true;
+                if let SwarmEvent::Behaviour(request_response::Event::Message {
+                    message:
+                        request_response::Message::Request {
+                            request, channel, ..
+                        },
+                    ..
+                }) = e
+                {
+                    let envelope = match request {
+                        Request::Envelope(envelope) => envelope,
+                        // A retry whose budget ran out on the way.
+                        Request::Invalid(rejection) => {
+                            assert_eq!(rejection.kind, RejectKind::Expired, "{rejection}");
+                            let ack = Ack {
+                                status: Status::Rejected as i32,
+                                reason: Reason::Expired as i32,
+                                detail: rejection.detail,
+                            };
+                            b.behaviour_mut().send_response(channel, ack).unwrap();
+                            continue;
+                        }
+                    };
+                    let busy = (taken.len() + refused) % 2 == 1;
+                    let ack = if busy {
+                        refused += 1;
+                        Ack {
+                            status: Status::Rejected as i32,
+                            reason: Reason::Busy as i32,
+                            detail: "busy".into(),
+                        }
+                    } else {
+                        taken.push(envelope.fills[0].payload.clone());
+                        Ack {
+                            status: Status::Accepted as i32,
+                            ..Default::default()
+                        }
+                    };
+                    b.behaviour_mut().send_response(channel, ack).unwrap();
+                }
+            }
+            if progressed {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_millis(50), wait).await;
+        worst = (
+            worst.0.max(a.behaviour().envelopes_in_flight()),
+            worst.1.max(a.behaviour().envelopes_queued()),
+        );
+    }
+    assert!(
+        worst.0 <= 8 && worst.1 <= 64,
+        "in flight, queued: {worst:?}"
+    );
+    assert!(
+        refused > 0 && waits > 0,
+        "refused {refused}, waited {waits}"
+    );
+    assert!(acked > 0, "nothing got through");
+    // A fill carries the value's wire bytes as a byte string.
+    let all: HashSet<Vec<u8>> = (0..SENDS)
+        .map(|n| bincode::serialize(&bytes_value(&n.to_le_bytes())).unwrap())
+        .collect();
+    let distinct: HashSet<Vec<u8>> = taken.iter().cloned().collect();
+    assert_eq!(distinct.len(), taken.len(), "an envelope was taken twice");
+    assert!(distinct.is_subset(&all), "{distinct:?}");
+    assert_eq!(
+        taken.len() as u32,
+        acked,
+        "what was taken is what was acknowledged"
+    );
+    assert_eq!(
+        (
+            a.behaviour().envelopes_in_flight(),
+            a.behaviour().envelopes_queued()
+        ),
+        (0, 0)
+    );
+}
+
+/// The receiving side of "busy": past its ingress bound, the Node refuses
+/// an envelope with a typed rejection instead of queueing without end.
+#[tokio::test(flavor = "current_thread")]
+async fn a_receiver_past_its_ingress_bound_says_busy() {
+    let (a, mut b, _) = pair(
+        Config::default(),
+        Config::default().with_max_ingress_envelopes(2),
+    );
+    // Two events already wait in B's ingress (B's swarm is not polled).
+    let engine = b.behaviour_mut().node_mut().engine_install_handle();
+    let now = engine.framework.scheduler.now_ns();
+    for _ in 0..2 {
+        b.behaviour()
+            .node()
+            .ingress_handle()
+            .push(IngressEvent::TimerMatured { at_ns: now })
+            .unwrap();
+    }
+    let refused = b
+        .behaviour_mut()
+        .inject_envelope(*a.local_peer_id(), WireEnvelope::default())
+        .unwrap_err();
+    assert_eq!(refused.kind, RejectKind::Busy);
+    assert_eq!(refused.detail, "engine ingress full (2 of 2 events)");
+}
+
+/// Bounds sampled at every event, not just at the end.
+#[tokio::test(flavor = "current_thread")]
+async fn the_senders_bounds_hold_throughout() {
+    let (mut a, mut b, sender) = pair(
+        Config::default()
+            .with_max_envelopes_in_flight(4)
+            .with_max_queued_envelopes(16),
+        Config::default().with_max_ingress_envelopes(2),
+    );
+    let pb = *b.local_peer_id();
+    connect(&mut a, &mut b).await;
+    for n in 0..20u32 {
+        send_value(a.behaviour_mut().node_mut(), &sender, pb, &n.to_le_bytes());
+    }
+    let mut delivered = 0;
+    let mut worst = (0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while delivered < 20 {
+        assert!(tokio::time::Instant::now() < deadline, "{delivered} of 20");
+        run_for(
+            &mut [&mut a, &mut b],
+            Duration::from_millis(2),
+            |i, e| match e {
+                SwarmEvent::Behaviour(Event::AppEvent { .. }) if i == 1 => delivered += 1,
+                SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
+                    panic!("lost an envelope: {reason}")
+                }
+                _ => {}
+            },
+        )
+        .await;
+        let bb = a.behaviour();
+        worst = (
+            worst.0.max(bb.envelopes_in_flight()),
+            worst.1.max(bb.envelopes_queued()),
+        );
+        assert!(
+            b.behaviour().node().ingress_handle().len() <= 2,
+            "the receiver's ingress passed its bound"
+        );
+    }
+    assert!(
+        worst.0 <= 4 && worst.1 <= 16,
+        "in flight, queued: {worst:?}"
+    );
+    assert!(worst.0 == 4, "the in-flight bound was reached: {worst:?}");
+}
+
+/// Past its queue bound the sender fails the oldest envelope, with an
+/// event; the rest still arrive.
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_queue_fails_its_oldest_envelope() {
+    let (mut a, mut b, sender) = pair(
+        Config::default()
+            .with_max_envelopes_in_flight(1)
+            .with_max_queued_envelopes(2),
+        Config::default(),
+    );
+    let pb = *b.local_peer_id();
+    connect(&mut a, &mut b).await;
+    for n in 0..5u32 {
+        send_value(a.behaviour_mut().node_mut(), &sender, pb, &n.to_le_bytes());
+    }
+    // B is not polled: nothing is acknowledged, one envelope is in flight,
+    // two wait, two made room.
+    let mut full = 0;
+    run_for(&mut [&mut a], Duration::from_millis(50), |_, e| {
+        if let SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) = e {
+            assert_eq!(reason, SendFailure::QueueFull { queued: 2 });
+            assert_eq!(reason.label(), "queue_full");
+            full += 1;
+        }
+    })
+    .await;
+    assert_eq!(full, 2);
+    assert_eq!(
+        (
+            a.behaviour().envelopes_in_flight(),
+            a.behaviour().envelopes_queued()
+        ),
+        (1, 2)
+    );
+    let mut got = HashSet::new();
+    until(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(10),
+        "three values",
+        |i, e| {
+            if let SwarmEvent::Behaviour(Event::AppEvent { value_bytes, .. }) = e {
+                assert_eq!(i, 1);
+                got.insert(value_bytes);
+            }
+            (got.len() == 3).then_some(())
+        },
+    )
+    .await;
+    // The first, and the two newest.
+    let want: HashSet<Vec<u8>> = [0u32, 3, 4]
+        .iter()
+        .map(|n| bytes_value(&n.to_le_bytes()))
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// An envelope that waits in the sender's queue longer than its deadline
+/// budget (the engine gives each Send 100 ms) is not sent late: it fails
+/// with an event. (Wire deadlines are off so that the first, unanswered
+/// envelope holds its place in flight.)
+#[tokio::test(flavor = "current_thread")]
+async fn an_envelope_that_outwaits_its_deadline_is_not_sent() {
+    let (mut a, mut b, sender) = pair(
+        Config::default()
+            .with_max_envelopes_in_flight(1)
+            .with_wire_deadlines(false),
+        Config::default(),
+    );
+    let pb = *b.local_peer_id();
+    connect(&mut a, &mut b).await;
+    for n in 0..2u32 {
+        send_value(a.behaviour_mut().node_mut(), &sender, pb, &n.to_le_bytes());
+    }
+    // B sleeps 300 ms with the first envelope unanswered; the second waits.
+    run_for(&mut [&mut a], Duration::from_millis(300), |_, e| {
+        assert!(!matches!(
+            e,
+            SwarmEvent::Behaviour(Event::SendFailed { .. })
+        ));
+    })
+    .await;
+    assert_eq!(a.behaviour().envelopes_queued(), 1);
+    let reason = until(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(5),
+        "the late one's failure",
+        |i, e| match e {
+            SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) if i == 0 => Some(reason),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(
+        reason,
+        SendFailure::DeadlineExceeded {
+            budget: Duration::from_millis(100)
+        }
+    );
+    assert_eq!(reason.label(), "deadline");
+    // Only the first arrived.
+    let mut got = Vec::new();
+    run_for(&mut [&mut a, &mut b], Duration::from_millis(200), |i, e| {
+        if let SwarmEvent::Behaviour(Event::AppEvent { value_bytes, .. }) = e {
+            assert_eq!(i, 1);
+            got.push(value_bytes);
+        }
+    })
+    .await;
+    assert!(got.len() <= 1 && got.iter().all(|v| *v == bytes_value(&0u32.to_le_bytes())));
+}
