@@ -1,0 +1,98 @@
+//! A sender stopped and restarted from `Behaviour::snapshot` sends what was
+//! never acknowledged again, and the receiver's engine takes each value
+//! once.
+
+mod common;
+
+use std::time::Duration;
+
+use bb_libp2p::{Behaviour, Config, Event};
+use common::models::{bytes_value, compile, install, send_value, Ping};
+use common::{connect, memory_swarm, run_for, until};
+use libp2p::identity::Keypair;
+use libp2p::swarm::SwarmEvent;
+
+#[tokio::test(flavor = "current_thread")]
+async fn unacknowledged_envelopes_survive_a_restart_and_arrive_once() {
+    let (model, targets) = compile(Ping);
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    // One envelope in flight at a time, so the others wait in the queue;
+    // wire deadlines off, as the sender is stopped mid-request.
+    let config = || {
+        Config::default()
+            .with_max_envelopes_in_flight(1)
+            .with_wire_deadlines(false)
+    };
+    let mut a = memory_swarm(
+        ka.clone(),
+        Behaviour::new(install(&ka, &model, &[&targets[0]]), config()),
+    );
+    let mut b = memory_swarm(
+        kb.clone(),
+        Behaviour::new(install(&kb, &model, &[&targets[1]]), Config::default()),
+    );
+    let pb = *b.local_peer_id();
+    connect(&mut a, &mut b).await;
+    let values: Vec<Vec<u8>> = (1..=3u8).map(|n| vec![n; 4]).collect();
+    for value in &values {
+        send_value(a.behaviour_mut().node_mut(), &targets[0], pb, value);
+    }
+    run_for(&mut [&mut a], Duration::from_millis(20), |_, _| {}).await;
+    assert_eq!(
+        (
+            a.behaviour().envelopes_in_flight(),
+            a.behaviour().envelopes_queued()
+        ),
+        (1, 2)
+    );
+
+    // B takes the first value; its acknowledgement never reaches A, which
+    // stops here.
+    let mut got = Vec::new();
+    until(
+        &mut [&mut b],
+        Duration::from_secs(5),
+        "the first value",
+        |_, e| {
+            if let SwarmEvent::Behaviour(Event::AppEvent { value_bytes, .. }) = e {
+                got.push(value_bytes);
+                return Some(());
+            }
+            None
+        },
+    )
+    .await;
+    let snapshot = a.behaviour_mut().snapshot().expect("snapshot");
+    drop(a);
+
+    // The restarted sender: same identity and model, the snapshot's state.
+    let mut node = install(&ka, &model, &[&targets[0]]);
+    node.restore(snapshot).expect("restore");
+
+    let mut a = memory_swarm(ka.clone(), Behaviour::new(node, config()));
+    // It dials B for the envelopes it sends again on its first poll.
+    let b_addr = b.listeners().next().cloned().expect("B listens");
+    a.add_peer_address(pb, b_addr);
+    let mut acked = 0;
+    run_for(
+        &mut [&mut a, &mut b],
+        Duration::from_millis(500),
+        |i, e| match e {
+            SwarmEvent::Behaviour(Event::AppEvent { value_bytes, .. }) => {
+                assert_eq!(i, 1);
+                got.push(value_bytes);
+            }
+            SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. }) => acked += 1,
+            SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
+                panic!("lost after the restart: {reason}")
+            }
+            _ => {}
+        },
+    )
+    .await;
+    // All three were sent again (the first too: its acknowledgement was
+    // lost), and B's engine output each value once.
+    assert_eq!(acked, 3);
+    let want: Vec<Vec<u8>> = values.iter().map(|v| bytes_value(v)).collect();
+    assert_eq!(got, want);
+}
