@@ -699,6 +699,22 @@ impl Behaviour {
         if let Some(peer) = peer.filter(|_| reason.is_unreachable()) {
             self.peer_failed(peer);
         }
+        // The engine 0.3.8 takes `SendFailed` by dropping the request from
+        // its in-flight table, and so never fails an op parked on it (it
+        // would only have on the request's expiry). Fail that op first.
+        let parked = self
+            .node
+            .engine_install_handle()
+            .framework
+            .request_tracker
+            .peek(wire_req_id)
+            .and_then(|entry| entry.parked_op);
+        if let Some(cmd_id) = parked {
+            self.tell_engine(IngressEvent::CompletionFailed {
+                cmd_id,
+                detail: format!("send failed: {reason}"),
+            });
+        }
         self.tell_engine(IngressEvent::SendFailed {
             wire_req_id,
             peer: peer.map(|p| p.to_bytes()).unwrap_or_default(),
