@@ -186,7 +186,7 @@ bytesandbrains::register_op! {
 
 /// Pushes a helper op whose single output is the value `out`, run by the
 /// peers of `class`.
-pub fn push_helper(
+fn push_helper(
     g: &mut Graph,
     op_type: &str,
     inputs: Vec<String>,
