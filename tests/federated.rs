@@ -1,0 +1,230 @@
+//! Federated averaging over libp2p in one process: the example's
+//! federation (a coordinator and four clients joined through the engine's
+//! registry) on the memory transport.
+
+mod common;
+#[path = "../examples/federated/fed.rs"]
+mod fed;
+#[path = "../examples/federated/ml.rs"]
+mod ml;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use bb_libp2p::{Behaviour, Config};
+use common::registry;
+use common::{listen, memory_swarm, run_for};
+use fed::{Federation, Missing, Round, RoundReport};
+use libp2p::identity::Keypair;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{PeerId, Swarm};
+use ml::Dataset;
+
+const CLIENTS: usize = 4;
+/// Small enough for a debug build; the task still separates well.
+const SAMPLES: usize = 2000;
+const SEED: u64 = 7;
+
+/// A coordinator (swarm 0) and its clients, joined.
+struct Federated {
+    federation: Federation,
+    swarms: Vec<Swarm<Behaviour>>,
+    /// The clients' PeerIds, in swarm order.
+    clients: Vec<PeerId>,
+    shards: Vec<Dataset>,
+    test: Dataset,
+}
+
+impl Federated {
+    /// Starts the coordinator and the clients, and waits until the
+    /// registry holds every client.
+    async fn join() -> Self {
+        let (train, test) = ml::synthetic_task(SEED, SAMPLES, SAMPLES / 2);
+        let shards = ml::shards(&train, CLIENTS, false, SEED);
+        let key = Keypair::generate_ed25519();
+        let coordinator = key.public().to_peer_id();
+        let federation = Federation::new(&coordinator);
+        let node = federation.coordinator_node(&key);
+        let mut swarms = vec![memory_swarm(key, Behaviour::new(node, Config::default()))];
+        let address = listen(&mut swarms[0]).await.with_p2p(coordinator).unwrap();
+        let mut clients = Vec::new();
+        for shard in &shards {
+            let key = Keypair::generate_ed25519();
+            clients.push(key.public().to_peer_id());
+            let node = federation.client_node(&key, shard.clone());
+            let mut swarm = memory_swarm(key, Behaviour::new(node, Config::default()));
+            swarm.dial(address.clone()).unwrap();
+            swarms.push(swarm);
+        }
+        let mut federated = Self {
+            federation,
+            swarms,
+            clients,
+            shards,
+            test,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut refs: Vec<_> = federated.swarms.iter_mut().collect();
+            run_for(&mut refs, Duration::from_millis(10), |_, _| {}).await;
+            let view = registry::registry_view(federated.swarms[0].behaviour_mut().node_mut());
+            if federated.clients.iter().all(|c| view.contains(c)) {
+                return federated;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the registry holds {view:?} only"
+            );
+        }
+    }
+
+    /// Runs round `number` with a deadline `budget` away. The swarms of
+    /// `frozen` clients are not polled.
+    async fn round(&mut self, number: u64, budget: Duration, frozen: &[PeerId]) -> RoundReport {
+        let mut round = Round::start(
+            self.swarms[0].behaviour_mut().node_mut(),
+            &self.federation,
+            number,
+            CLIENTS as u32,
+            budget,
+        )
+        .expect("round starts");
+        let limit = Instant::now() + budget + Duration::from_secs(10);
+        loop {
+            let mut refs: Vec<&mut Swarm<Behaviour>> = self
+                .swarms
+                .iter_mut()
+                .filter(|s| !frozen.contains(s.local_peer_id()))
+                .collect();
+            run_for(&mut refs, Duration::from_millis(5), |i, event| {
+                if let (0, SwarmEvent::Behaviour(event)) = (i, event) {
+                    round.on_event(&event);
+                }
+            })
+            .await;
+            let node = self.swarms[0].behaviour_mut().node_mut();
+            if let Some(report) = round.step(node, &self.federation, Instant::now()).unwrap() {
+                return report;
+            }
+            assert!(Instant::now() < limit, "round {number} did not end");
+        }
+    }
+
+    fn samples(&self, clients: &[PeerId]) -> u64 {
+        let index = |c: &PeerId| self.clients.iter().position(|p| p == c).unwrap();
+        clients
+            .iter()
+            .map(|c| self.shards[index(c)].len() as u64)
+            .sum()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn federated_averaging_learns_over_libp2p() {
+    const ROUNDS: u64 = 5;
+    let started = Instant::now();
+    let mut federated = Federated::join().await;
+    let everyone: BTreeSet<PeerId> = federated.clients.iter().copied().collect();
+    let mut losses = Vec::new();
+    let mut accuracy = 0.0;
+    for number in 1..=ROUNDS {
+        let report = federated.round(number, Duration::from_secs(20), &[]).await;
+        assert_eq!(
+            report.cohort.iter().copied().collect::<BTreeSet<_>>(),
+            everyone
+        );
+        assert_eq!(
+            report.updates.keys().copied().collect::<BTreeSet<_>>(),
+            everyone
+        );
+        assert!(report.closed_early && report.missing.is_empty());
+        assert!(
+            report.late.is_empty() && report.errors.is_empty(),
+            "{report:?}"
+        );
+        assert_eq!(
+            report.aggregated_samples, SAMPLES as u64,
+            "FedAvg's weights"
+        );
+        let params = report.params.expect("an aggregate");
+        let (loss, acc) = ml::evaluate(&params, &federated.test);
+        eprintln!("round {number}: test loss {loss:.4}, accuracy {acc:.4}");
+        losses.push(loss);
+        accuracy = acc;
+    }
+    assert!(
+        losses.windows(2).all(|w| w[1] < w[0]),
+        "the test loss falls round over round: {losses:?}"
+    );
+    assert!(accuracy >= 0.90, "final accuracy {accuracy}");
+    let (_, centralized) = ml::evaluate(
+        &ml::centralized(&federated.shards, ROUNDS as usize),
+        &federated.test,
+    );
+    assert!(
+        (accuracy - centralized).abs() <= 0.02,
+        "federated {accuracy}, centralized {centralized}"
+    );
+    eprintln!("{ROUNDS} rounds in {} ms", started.elapsed().as_millis());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn rounds_go_on_without_dropped_and_silent_clients() {
+    let mut federated = Federated::join().await;
+    let clients = federated.clients.clone();
+    let report = federated.round(1, Duration::from_secs(20), &[]).await;
+    assert_eq!(report.updates.len(), CLIENTS);
+
+    // A client's swarm is dropped: its connection closes, the parameters
+    // cannot reach it, and the round closes as soon as the others answered,
+    // long before its deadline.
+    let dropped = federated.swarms.remove(CLIENTS);
+    assert_eq!(*dropped.local_peer_id(), clients[CLIENTS - 1]);
+    drop(dropped);
+    let budget = Duration::from_secs(20);
+    let report = federated.round(2, budget, &[]).await;
+    let alive = &clients[..CLIENTS - 1];
+    assert_eq!(report.updates.keys().collect::<Vec<_>>(), sorted(alive));
+    assert_eq!(report.missing.len(), 1);
+    assert!(
+        matches!(
+            report.missing.get(&clients[CLIENTS - 1]),
+            Some(Missing::Unreachable(_))
+        ),
+        "{:?}",
+        report.missing
+    );
+    assert!(report.closed_early && report.duration < budget);
+    assert_eq!(report.aggregated_samples, federated.samples(alive));
+    assert!(report.params.is_some());
+
+    // A client that does not answer in time: the round closes at its
+    // deadline with the others.
+    let silent = clients[0];
+    let budget = Duration::from_millis(500);
+    let report = federated.round(3, budget, &[silent]).await;
+    assert_eq!(
+        report.updates.keys().collect::<Vec<_>>(),
+        sorted(&clients[1..CLIENTS - 1])
+    );
+    assert_eq!(report.missing.get(&silent), Some(&Missing::Silent));
+    assert!(!report.closed_early && report.duration >= budget);
+    assert_eq!(
+        report.aggregated_samples,
+        federated.samples(&clients[1..CLIENTS - 1])
+    );
+
+    // Its round-3 update arrives during round 4 and is refused as late, so
+    // FedAvg aggregates exactly round 4's updates.
+    let report = federated.round(4, Duration::from_secs(20), &[]).await;
+    assert_eq!(report.updates.keys().collect::<Vec<_>>(), sorted(alive));
+    assert_eq!(report.late.len(), 1, "{:?}", report.late);
+    assert!(report.late[0].contains("round 3"), "{:?}", report.late);
+    assert_eq!(report.aggregated_samples, federated.samples(alive));
+}
+
+fn sorted(peers: &[PeerId]) -> Vec<&PeerId> {
+    let mut peers: Vec<&PeerId> = peers.iter().collect();
+    peers.sort();
+    peers
+}
