@@ -34,6 +34,7 @@
 mod fed;
 mod ml;
 mod registry;
+mod round;
 
 use std::error::Error;
 use std::io::{BufRead, BufReader, Write};
@@ -43,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use bb_libp2p::{Behaviour, Config, Event};
 use bb_runtime::engine::EngineStep;
-use fed::{Federation, Missing, Round, RoundReport};
+use fed::Federation;
 use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::futures::StreamExt;
 use libp2p::identity::Keypair;
@@ -51,6 +52,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, Swarm};
 use ml::Dataset;
+use round::{Missing, Round, RoundReport};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
@@ -550,10 +552,13 @@ fn print_round(
     for (peer, why) in &report.missing {
         let why = match why {
             Missing::Unreachable(reason) => format!("unreachable ({reason})"),
-            Missing::Silent => "no update before the deadline".to_string(),
+            Missing::Silent(None) => "no update before the deadline".to_string(),
+            Missing::Silent(Some(failure)) => {
+                format!("no update before the deadline (sending it the parameters: {failure})")
+            }
         };
         println!(
-            "round {:>2}/{rounds}: {} {why}",
+            "round {:>2}/{rounds}: {}: {why}",
             report.number,
             clients.name(peer)
         );
