@@ -41,7 +41,7 @@
 use std::any::Any;
 use std::time::Duration;
 
-use bb_ir::proto::onnx::{NodeProto, StringStringEntryProto};
+use bb_ir::proto::onnx::NodeProto;
 use bb_ir::types::{
     TypeNode, TYPE_BYTES, TYPE_PEER_ID_VEC, TYPE_SCALAR_F32, TYPE_SCALAR_I32, TYPE_TENSOR_F32,
     TYPE_TRIGGER,
@@ -64,7 +64,7 @@ use libp2p::identity::Keypair;
 use serde::{Deserialize, Serialize};
 
 use super::ml::{self, Dataset, LogReg, Shard, LOCAL_STEPS, PARAMS};
-use super::registry;
+use super::registry::{self, entry, op_error};
 
 /// Domain of this file's ops.
 pub const FED_DOMAIN: &str = "ai.bytesandbrains.bb_libp2p_example.fed";
@@ -149,13 +149,6 @@ bb_ir::register_type_node!(GlobalMsg, &TYPE_BYTES);
 bb_ir::register_type_node!(UpdateMsg, &TYPE_BYTES);
 
 type OpResult = Result<DispatchResult, OpError>;
-
-fn op_error(detail: impl Into<String>) -> OpError {
-    OpError {
-        detail: detail.into(),
-        ..Default::default()
-    }
-}
 
 fn outputs(values: Vec<(&str, Box<dyn SlotValue>)>) -> OpResult {
     Ok(DispatchResult::Immediate(
@@ -415,13 +408,6 @@ bytesandbrains::register_op! {
     domain: "ai.bytesandbrains.bb_libp2p_example.fed",
     op_type: "ToFlat",
     invoke: to_flat,
-}
-
-fn entry(key: &str, value: &str) -> StringStringEntryProto {
-    StringStringEntryProto {
-        key: key.into(),
-        value: value.into(),
-    }
 }
 
 /// Declares `outs` and returns them as values of the graph.
@@ -719,17 +705,9 @@ impl Federation {
             .bind_backend::<CpuBackend>("backend")
             .compile(FedRound.build().expect("FedRound builds"))
             .expect("FedRound compiles");
-        let target = |prefix: &str| {
-            model
-                .functions
-                .iter()
-                .map(|f| f.name.clone())
-                .find(|n| n.starts_with(prefix))
-                .unwrap_or_else(|| panic!("no {prefix}… target"))
-        };
-        let round_target = target("FedRound#");
-        let update_target = target("FedRound_coord#");
-        let client_target = target("FedRound_client#");
+        let round_target = registry::target(&model, "FedRound#");
+        let update_target = registry::target(&model, "FedRound_coord#");
+        let client_target = registry::target(&model, "FedRound_client#");
         let announce = registry::client_model(coordinator);
         let client_targets = vec![announce.functions[0].name.clone(), client_target];
         Self {

@@ -10,6 +10,8 @@ use bytesandbrains::contracts::{DataSource, Model};
 use bytesandbrains::runtime::RuntimeResourceRef;
 use serde::{Deserialize, Serialize};
 
+use super::registry::op_error;
+
 /// Features per sample.
 pub const FEATURES: usize = 32;
 /// Model parameters: one weight per feature, then the bias.
@@ -255,13 +257,6 @@ pub fn centralized(shards: &[Dataset], rounds: usize) -> Vec<f32> {
     let mut params = vec![0f32; PARAMS];
     train(&mut params, &Dataset::union(shards), rounds * LOCAL_STEPS);
     params
-}
-
-fn op_error(detail: impl Into<String>) -> OpError {
-    OpError {
-        detail: detail.into(),
-        ..Default::default()
-    }
 }
 
 /// Logistic regression behind the engine's `Model` contract.

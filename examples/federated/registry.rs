@@ -63,7 +63,8 @@ pub const REGISTRY_SLOT_ID: u32 = 4242;
 /// Name of the client's protocol binding.
 const DISCOVERY: &str = "discovery";
 
-fn op_error(detail: impl Into<String>) -> OpError {
+/// An `OpError` with `detail`, the only field an op's caller reads here.
+pub fn op_error(detail: impl Into<String>) -> OpError {
     OpError {
         detail: detail.into(),
         ..Default::default()
@@ -87,7 +88,8 @@ fn attribute<'a>(node: &'a NodeProto, name: &str) -> Result<&'a [u8], OpError> {
         .ok_or_else(|| op_error(format!("{}: no `{name}` attribute", node.op_type)))
 }
 
-fn entry(key: &str, value: &str) -> StringStringEntryProto {
+/// A node metadata entry.
+pub fn entry(key: &str, value: &str) -> StringStringEntryProto {
     StringStringEntryProto {
         key: key.into(),
         value: value.into(),
@@ -422,6 +424,17 @@ pub fn enable_registry_dispatch(node: &mut Node) {
     engine.resolve_dispatch();
 }
 
+/// The name of `model`'s target that starts with `prefix` (a compiled
+/// target is named `<Module>[_<peer class>]#<hash>`).
+pub fn target(model: &ModelProto, prefix: &str) -> String {
+    model
+        .functions
+        .iter()
+        .map(|f| f.name.clone())
+        .find(|n| n.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix}… target"))
+}
+
 /// Installs `targets` of `model` on a Node with the engine PeerId of `key`.
 pub fn install(key: &Keypair, model: &ModelProto, targets: &[&str]) -> Node {
     let me = bb_libp2p::to_engine_peer(&key.public().to_peer_id());
@@ -494,16 +507,8 @@ pub fn deployment(registry: &libp2p::PeerId, sample: u32) -> Deployment {
         .bind_peer_selector::<GlobalRegistryServer>("view")
         .compile(Broadcast { n: sample }.build().expect("Broadcast builds"))
         .expect("Broadcast compiles");
-    let target = |prefix: &str| {
-        registry_model
-            .functions
-            .iter()
-            .map(|f| f.name.clone())
-            .find(|n| n.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no {prefix}… target"))
-    };
-    let broadcast = target("Broadcast#");
-    let receiver = target("Broadcast_client#");
+    let broadcast = target(&registry_model, "Broadcast#");
+    let receiver = target(&registry_model, "Broadcast_client#");
     let client = client_model(registry);
     let client_targets = vec![client.functions[0].name.clone(), receiver];
     Deployment {
