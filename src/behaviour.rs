@@ -877,6 +877,14 @@ impl Behaviour {
         }
         let notice = backoff_notice(&envelope);
         self.sites.inbound(&mut envelope).map_err(no_receiver)?;
+        // What the envelope claims of its sender is not evidence: the engine
+        // files claimed addresses under the sender in its AddressBook, so a
+        // claimed `/p2p/<other>` would route replies to another peer. Only
+        // the connection's identity stands.
+        envelope.src_peer_bytes = peer.to_bytes();
+        envelope
+            .src_peer_addresses
+            .retain(|a| peer_of_address(a) == Some(peer));
         let event = IngressEvent::EnvelopeFrom {
             // The connection's authenticated identity, never the envelope's
             // own `src_peer_bytes` claim.

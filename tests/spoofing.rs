@@ -114,9 +114,6 @@ async fn a_reply_goes_to_the_connection_peer_not_the_claimed_sender() {
 /// The same claim handed in with `inject_envelope` for a peer the swarm
 /// has no address of: B has no way to answer C, and must not answer D.
 #[tokio::test(flavor = "current_thread")]
-#[ignore = "the claimed /p2p/D reaches the engine, which files it under C in its \
-            AddressBook; with no earlier entry for C it comes first, and the reply \
-            to C is sent to D"]
 async fn an_injected_claim_is_no_route_to_the_claimed_sender() {
     let (model, targets) = compile(RoundTrip);
     let mut b = bb_swarm(&model, &[&targets[1]]);
