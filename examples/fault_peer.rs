@@ -9,7 +9,8 @@
 //! fault_peer send --dial <receiver's /p2p address> --count 500 --rate 50/s
 //!     [--transport tcp|quic] [--snapshot-to FILE] [--restore-from FILE]
 //!     [--stop-after SECS] [--size BYTES] [--request-timeout SECS]
-//!     [--drain-timeout SECS] [--wire-deadlines] [--restore-graphs]
+//!     [--drain-timeout SECS] [--max-in-flight N] [--wire-deadlines]
+//!     [--restore-graphs]
 //! ```
 //!
 //! `receive` prints its full `/p2p` multiaddr first, then a JSON line each
@@ -36,6 +37,9 @@
 //! Wire deadlines are off unless `--wire-deadlines` is given: every engine
 //! Send carries a 100 ms per-hop budget, which a delayed or lossy link
 //! exceeds; the request timeout (default 5 s) bounds each envelope instead.
+//! `--max-in-flight` sets `Config::with_max_envelopes_in_flight` (256 by
+//! default). Both roles log every failed or refused envelope and every
+//! closed connection to stderr.
 
 use std::collections::{BTreeMap, HashSet};
 use std::error::Error;
@@ -57,6 +61,7 @@ use bytesandbrains::{Compiler, Graph, Module, Node};
 use libp2p::futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
+use libp2p::request_response::OutboundRequestId;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, Swarm};
 use tokio::time::{interval, sleep, MissedTickBehavior};
@@ -82,7 +87,8 @@ const USAGE: &str =
     "usage: fault_peer receive --listen <multiaddr> [--transport tcp|quic] [--until-stdin-closes]
        fault_peer send --dial <multiaddr/p2p/<peer>> --count N --rate R[/s] [--transport tcp|quic]
                        [--snapshot-to FILE] [--restore-from FILE] [--stop-after SECS] [--size BYTES]
-                       [--request-timeout SECS] [--drain-timeout SECS] [--wire-deadlines]
+                       [--request-timeout SECS] [--drain-timeout SECS] [--max-in-flight N]
+                       [--wire-deadlines]
                        [--restore-graphs]";
 
 /// The sender sends `x` to `peers`; the receiver outputs it as `y`.
@@ -138,13 +144,18 @@ struct Common {
     transport: Option<Transport>,
     request_timeout: Duration,
     wire_deadlines: bool,
+    max_in_flight: Option<usize>,
 }
 
 impl Common {
     fn config(&self) -> Config {
-        Config::default()
+        let config = Config::default()
             .with_request_timeout(self.request_timeout)
-            .with_wire_deadlines(self.wire_deadlines)
+            .with_wire_deadlines(self.wire_deadlines);
+        match self.max_in_flight {
+            Some(envelopes) => config.with_max_envelopes_in_flight(envelopes),
+            None => config,
+        }
     }
 
     /// The transport `address` uses, which `--transport` must agree with.
@@ -190,6 +201,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(Role, Common)> 
         transport: None,
         request_timeout: Duration::from_secs(5),
         wire_deadlines: false,
+        max_in_flight: None,
     };
     let (mut listen, mut dial, mut count, mut rate) = (None, None, None, None);
     let (mut until_stdin_closes, mut restore_graphs) = (false, false);
@@ -221,6 +233,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(Role, Common)> 
             "--restore-from" => restore_from = Some(PathBuf::from(value)),
             "--stop-after" => stop_after = Some(seconds(&value)?),
             "--request-timeout" => common.request_timeout = seconds(&value)?,
+            "--max-in-flight" => common.max_in_flight = Some(value.parse()?),
             "--drain-timeout" => drain_timeout = seconds(&value)?,
             _ => return Err(format!("unexpected argument {flag:?}").into()),
         }
@@ -340,11 +353,12 @@ async fn receive(args: ReceiveArgs, common: Common, stop: &AtomicBool) -> Result
         format!(
             "{{\"role\":\"receive\",\"final\":{last},\"t_ms\":{},\"received\":{},\
              \"duplicates\":{dup},\"wire_received\":{},\"rejected\":{rej},\
-             \"connections\":{conn},\"max_seq\":{},\"rss_kib\":{}}}",
+             \"connections\":{conn},\"max_seq\":{},\"engine_slots\":{},\"rss_kib\":{}}}",
             started.elapsed().as_millis(),
             seen.len(),
             swarm.behaviour().wire_stats().envelopes_received,
             seen.iter().max().map_or(-1, |&s| s as i64),
+            swarm.behaviour().node().engine_stats().slot_table_occupied,
             rss_kib(),
         )
     };
@@ -359,6 +373,9 @@ async fn receive(args: ReceiveArgs, common: Common, stop: &AtomicBool) -> Result
                     printed_address = true;
                 }
                 SwarmEvent::ConnectionEstablished { .. } => connections += 1,
+                SwarmEvent::ConnectionClosed { cause, .. } => {
+                    eprintln!("connection closed: {cause:?}");
+                }
                 SwarmEvent::Behaviour(Event::AppEvent { topic, value_bytes, .. })
                     if topic == "y" =>
                 {
@@ -403,9 +420,15 @@ struct Tally {
     restored: u64,
     acknowledged: u64,
     failed: BTreeMap<&'static str, u64>,
-    /// Correlation ids that already had an outcome, to catch a second one.
-    settled_ids: HashSet<u64>,
+    /// Requests that had an outcome, to catch a second one (16 bytes and
+    /// the set's overhead per envelope: the RSS figures include them).
+    settled: HashSet<OutboundRequestId>,
     second_outcomes: u64,
+    /// Correlation ids that had an outcome.
+    wire_req_ids: HashSet<u64>,
+    /// Outcomes of envelopes whose correlation id an earlier envelope
+    /// already had: the id no longer tells them apart.
+    reused_wire_req_ids: u64,
     invoke_errors: u64,
     /// Engine steps other than the ones the behaviour turns into its own
     /// events, by kind (an `OpFailed` here is a value that never left).
@@ -421,25 +444,40 @@ impl Tally {
         self.failed.values().sum()
     }
 
-    fn settle(&mut self, wire_req_id: u64) {
-        if wire_req_id != 0 && !self.settled_ids.insert(wire_req_id) {
+    fn settle(&mut self, wire_req_id: u64, request_id: Option<OutboundRequestId>, outcome: &str) {
+        if wire_req_id != 0 && !self.wire_req_ids.insert(wire_req_id) {
+            self.reused_wire_req_ids += 1;
+        }
+        // An envelope that failed before a request was opened has no
+        // other outcome to clash with.
+        let Some(request_id) = request_id else {
+            return;
+        };
+        if !self.settled.insert(request_id) {
             self.second_outcomes += 1;
+            eprintln!("request {request_id} (envelope {wire_req_id:#x}): {outcome} after an earlier outcome");
         }
     }
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::EnvelopeAcknowledged { wire_req_id, .. } => {
+            Event::EnvelopeAcknowledged {
+                wire_req_id,
+                request_id,
+                ..
+            } => {
                 self.acknowledged += 1;
-                self.settle(wire_req_id);
+                self.settle(wire_req_id, Some(request_id), "acknowledged");
             }
             Event::SendFailed {
                 wire_req_id,
+                request_id,
                 reason,
                 ..
             } => {
                 *self.failed.entry(reason.label()).or_default() += 1;
-                self.settle(wire_req_id);
+                eprintln!("envelope {wire_req_id:#x} failed: {reason}");
+                self.settle(wire_req_id, request_id, reason.label());
             }
             Event::Engine(step) => {
                 *self.engine_steps.entry(step_kind(&step)).or_default() += 1;
@@ -555,8 +593,12 @@ async fn send(args: SendArgs, common: Common, stop: &AtomicBool) -> Result<()> {
                     connected_once = true;
                     connected = true;
                 }
-                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. }
-                    if peer_id == receiver => connected = false,
+                SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. }
+                    if peer_id == receiver =>
+                {
+                    eprintln!("connection closed: {cause:?}");
+                    connected = num_established > 0;
+                }
                 SwarmEvent::OutgoingConnectionError { error, .. } if !connected_once => {
                     eprintln!("dial: {error}");
                 }
@@ -584,13 +626,15 @@ async fn send(args: SendArgs, common: Common, stop: &AtomicBool) -> Result<()> {
                 println!(
                     "{{\"role\":\"send\",\"final\":false,\"t_ms\":{},\"sent\":{},\
                      \"acknowledged\":{},\"failed_with_event\":{},\"in_flight\":{},\
-                     \"queued\":{},\"connected\":{connected},\"rss_kib\":{}}}",
+                     \"queued\":{},\"connected\":{connected},\"engine_slots\":{},\
+                     \"rss_kib\":{}}}",
                     started.elapsed().as_millis(),
                     tally.sent(),
                     tally.acknowledged,
                     tally.failed_total(),
                     b.envelopes_in_flight(),
                     b.envelopes_queued(),
+                    b.node().engine_stats().slot_table_occupied,
                     rss_kib(),
                 );
             }
@@ -671,7 +715,7 @@ async fn send(args: SendArgs, common: Common, stop: &AtomicBool) -> Result<()> {
          \"elapsed_ms\":{},\"sent\":{},\"invoked\":{},\"restored\":{},\"acknowledged\":{},\
          \"failed_with_event\":{},\"failed_by_label\":{{{by_label}}},\"in_flight_at_exit\":{in_flight},\
          \"queued_at_exit\":{queued},\"carried_in_snapshot\":{},\"lost\":{lost},\
-         \"second_outcomes\":{},\"invoke_errors\":{},\"engine_steps\":{{{steps}}},\
+         \"second_outcomes\":{},\"reused_wire_req_ids\":{},\"invoke_errors\":{},\"engine_steps\":{{{steps}}},\
          \"pending_async_baseline\":{pending_async_baseline},\"pending_async_end\":{},\
          \"next_seq\":{next_seq},\"wire_sent\":{},\"rss_kib_start\":{rss_kib_start},\
          \"rss_kib_end\":{}}}",
@@ -685,6 +729,7 @@ async fn send(args: SendArgs, common: Common, stop: &AtomicBool) -> Result<()> {
         tally.failed_total(),
         carried.map_or(-1, |c| c as i64),
         tally.second_outcomes,
+        tally.reused_wire_req_ids,
         tally.invoke_errors,
         b.node().pending_async_count(),
         b.wire_stats().envelopes_sent,
