@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use bb_runtime::envelope::{EnvelopeCaps, EnvelopeCodec, EnvelopeDecodeError, WireEnvelope};
 use futures::prelude::*;
+use futures_timer::Delay;
 use libp2p::StreamProtocol;
 use prost::Message;
 
@@ -58,6 +59,8 @@ pub enum Request {
 #[derive(Debug, Clone)]
 pub struct Codec {
     caps: EnvelopeCaps,
+    read_timeout: Option<Duration>,
+    refuse_expired: bool,
 }
 
 impl Codec {
@@ -65,7 +68,31 @@ impl Codec {
     /// `max_envelope_bytes` in place of `caps.max_total_bytes`.
     pub fn new(mut caps: EnvelopeCaps, max_envelope_bytes: usize) -> Self {
         caps.max_total_bytes = max_envelope_bytes;
-        Self { caps }
+        Self {
+            caps,
+            read_timeout: None,
+            refuse_expired: false,
+        }
+    }
+
+    /// Refuses an envelope that took longer to arrive than its
+    /// `remaining_deadline_ns` ([`RejectKind::Expired`]). Off by default:
+    /// the time counted starts when the stream is accepted, which includes
+    /// a round trip, so it suits links well inside the engine's per-hop
+    /// budget.
+    pub fn with_expired_refused(mut self, refuse: bool) -> Self {
+        self.refuse_expired = refuse;
+        self
+    }
+
+    /// Refuses a request whose frame has not fully arrived within
+    /// `timeout` (a peer trickling bytes) with a
+    /// [`RejectKind::Timeout`] rejection, while the stream can still carry
+    /// the answer. Without it the request-response timeout drops the stream
+    /// and nobody hears why.
+    pub fn with_read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = Some(timeout);
+        self
     }
 }
 
@@ -178,12 +205,28 @@ impl libp2p::request_response::Codec for Codec {
         T: AsyncRead + Unpin + Send,
     {
         let started = Instant::now();
-        Ok(match read_frame(io, self.caps.max_total_bytes).await? {
+        let frame = read_frame(io, self.caps.max_total_bytes);
+        let frame = match self.read_timeout {
+            None => frame.await?,
+            Some(timeout) => {
+                futures::pin_mut!(frame);
+                match future::select(frame, Delay::new(timeout)).await {
+                    future::Either::Left((frame, _)) => frame?,
+                    future::Either::Right(_) => Err(Rejection::new(
+                        RejectKind::Timeout,
+                        format!("the frame did not arrive within {timeout:?}"),
+                    )),
+                }
+            }
+        };
+        Ok(match frame {
             Ok(body) => match EnvelopeCodec::decode_capped(&body, &self.caps) {
-                Ok(envelope) => match expired(&envelope, started.elapsed()) {
-                    Some(rejection) => Request::Invalid(rejection),
-                    None => Request::Envelope(envelope),
-                },
+                Ok(envelope) => {
+                    match expired(&envelope, started.elapsed()).filter(|_| self.refuse_expired) {
+                        Some(rejection) => Request::Invalid(rejection),
+                        None => Request::Envelope(envelope),
+                    }
+                }
                 Err(err) => Request::Invalid(decode_rejection(err)),
             },
             Err(rejection) => Request::Invalid(rejection),

@@ -44,7 +44,8 @@ impl Default for Config {
     /// - wire deadlines: on. An envelope's `remaining_deadline_ns` (the
     ///   engine gives each Send a per-hop budget, 100 ms by default) bounds
     ///   how long it may wait here and on the wire, as the engine means it
-    ///   to.
+    ///   to; as a receiver, an envelope that took longer than its budget to
+    ///   arrive is refused as expired.
     /// - per-op engine steps: not emitted (they fire once per op and would
     ///   flood the swarm's event stream).
     fn default() -> Self {
@@ -113,8 +114,10 @@ impl Config {
     /// timeout (it fails with
     /// [`SendFailure::DeadlineExceeded`](crate::SendFailure::DeadlineExceeded)
     /// when the budget runs out first). Turn it off for links slower than
-    /// the engine's per-hop budget; the request timeout alone applies then.
-    /// Time an envelope waits in this behaviour's queue always counts.
+    /// the engine's per-hop budget (on both sides: a receiver with it on
+    /// refuses envelopes that took longer than their budget to arrive); the
+    /// request timeout alone applies then. Time an envelope waits in this
+    /// behaviour's queue always counts.
     pub fn with_wire_deadlines(mut self, bound: bool) -> Self {
         self.wire_deadlines = bound;
         self

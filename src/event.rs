@@ -302,9 +302,9 @@ pub enum RejectKind {
     /// Receiving the envelope took longer than its `remaining_deadline_ns`:
     /// it arrived expired, and the receiver dropped it.
     Expired,
-    /// The envelope did not arrive, or could not be answered, within the
-    /// request timeout (a peer trickling bytes ends here). Never sent in an
-    /// acknowledgement.
+    /// The envelope did not arrive within the receiver's read timeout
+    /// (three quarters of its request timeout; a peer trickling bytes ends
+    /// here), or could not be answered within the request timeout.
     Timeout,
     /// The stream or connection failed before the envelope could be answered.
     /// Never sent in an acknowledgement.

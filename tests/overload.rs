@@ -373,3 +373,37 @@ async fn an_envelope_that_outwaits_its_deadline_is_not_sent() {
     .await;
     assert!(got.len() <= 1 && got.iter().all(|v| *v == bytes_value(&0u32.to_le_bytes())));
 }
+
+/// A burst to one peer larger than a connection's stream limit (shared by
+/// both directions; 20 here) waits for streams instead of failing the
+/// excess with "max sub-streams reached".
+#[tokio::test(flavor = "current_thread")]
+async fn a_burst_past_the_stream_limit_is_queued_not_failed() {
+    const SENDS: u32 = 45;
+    let streams = || Config::default().with_max_concurrent_streams(20);
+    let (mut a, mut b, sender) = pair(streams(), streams());
+    let pb = *b.local_peer_id();
+    connect(&mut a, &mut b).await;
+    for n in 0..SENDS {
+        send_value(a.behaviour_mut().node_mut(), &sender, pb, &n.to_le_bytes());
+    }
+    let (mut acked, mut most) = (0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while acked < SENDS {
+        assert!(tokio::time::Instant::now() < deadline, "{acked} of {SENDS}");
+        run_for(
+            &mut [&mut a, &mut b],
+            Duration::from_millis(1),
+            |_, e| match e {
+                SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. }) => acked += 1,
+                SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
+                    panic!("lost an envelope: {reason}")
+                }
+                _ => {}
+            },
+        )
+        .await;
+        most = most.max(a.behaviour().envelopes_in_flight());
+    }
+    assert_eq!(most, 10, "in flight to one peer: half the stream limit");
+}

@@ -67,7 +67,7 @@ async fn unacknowledged_envelopes_survive_a_restart_and_arrive_once() {
 
     // The restarted sender: same identity and model, the snapshot's state.
     let mut node = install(&ka, &model, &[&targets[0]]);
-    node.restore(snapshot).expect("restore");
+    Behaviour::restore(&mut node, snapshot).expect("restore");
 
     let mut a = memory_swarm(ka.clone(), Behaviour::new(node, config()));
     // It dials B for the envelopes it sends again on its first poll.
@@ -95,4 +95,54 @@ async fn unacknowledged_envelopes_survive_a_restart_and_arrive_once() {
     assert_eq!(acked, 3);
     let want: Vec<Vec<u8>> = values.iter().map(|v| bytes_value(v)).collect();
     assert_eq!(got, want);
+
+    // The restored Node does new work too.
+    send_value(a.behaviour_mut().node_mut(), &targets[0], pb, &[4; 4]);
+    let fourth = until(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(5),
+        "a new value",
+        |i, e| match e {
+            SwarmEvent::Behaviour(Event::AppEvent { value_bytes, .. }) if i == 1 => {
+                Some(value_bytes)
+            }
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(fourth, bytes_value(&[4; 4]));
+}
+
+/// bb-runtime 0.3.8's own `Node::restore` leaves a Node that takes invokes
+/// and runs nothing (see `Behaviour::restore`). When this fails, upstream
+/// has fixed it and `Behaviour::restore` can restore the snapshot's graphs.
+#[tokio::test(flavor = "current_thread")]
+async fn upstream_restore_still_strands_new_work() {
+    let (model, targets) = compile(Ping);
+    let key = Keypair::generate_ed25519();
+    let mut a = memory_swarm(
+        key.clone(),
+        Behaviour::new(install(&key, &model, &[&targets[0]]), Config::default()),
+    );
+    let snapshot = a.behaviour_mut().snapshot().expect("snapshot");
+    let mut node = install(&key, &model, &[&targets[0]]);
+    node.restore(snapshot).expect("restore");
+    let mut a = memory_swarm(key, Behaviour::new(node, Config::default()));
+    let dest = Keypair::generate_ed25519().public().to_peer_id();
+    send_value(a.behaviour_mut().node_mut(), &targets[0], dest, b"anything");
+    // A working Node would send it, and fail to resolve or dial the peer.
+    run_for(&mut [&mut a], Duration::from_millis(300), |_, e| {
+        if let SwarmEvent::Behaviour(e) = e {
+            assert!(
+                !matches!(
+                    e,
+                    Event::SendFailed { .. }
+                        | Event::Engine(bb_runtime::engine::EngineStep::PeerResolveFailed { .. })
+                ),
+                "the restored Node ran the invoke: {e:?}"
+            );
+        }
+    })
+    .await;
+    assert_eq!(a.behaviour().wire_stats().envelopes_sent, 0);
 }
