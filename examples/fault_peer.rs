@@ -536,23 +536,18 @@ async fn send(args: SendArgs, common: Common, stop: &AtomicBool) -> Result<()> {
     let mut tally = Tally::default();
     let (key, first_seq, node) = match &args.restore_from {
         Some(path) => {
-            let mut saved = Saved::read(path)?;
+            let saved = Saved::read(path)?;
             let mut node = install(&saved.key, model, &targets[0])?;
             tally.restored = saved.snapshot.transient.framework.pending_outbound.len() as u64;
-            // bb-runtime 0.3.8's `Node::restore` reinstalls each graph with
-            // `Engine::install_graph`, which numbers the new slot's op refs
-            // after the last graph (`graphs.len()`) but stores the slot over
-            // the one of that name: the restored graphs' consumers point at
-            // a graph that does not exist, their dispatch is unresolved, and
-            // every later `invoke` runs nothing, without an error. This Node
-            // was installed from the same model, so its own graphs stand in
-            // for the snapshot's; `--restore-graphs` keeps them, to see the
-            // engine's behaviour.
-            if !args.restore_graphs {
-                saved.snapshot.graphs.clear();
+            // `Behaviour::restore` works around bb-runtime 0.3.8's
+            // `Node::restore`, which strands the graphs it restores;
+            // `--restore-graphs` uses the engine's own, to see that.
+            if args.restore_graphs {
+                node.restore(saved.snapshot)
+            } else {
+                Behaviour::restore(&mut node, saved.snapshot)
             }
-            node.restore(saved.snapshot)
-                .map_err(|e| format!("restore: {e:?}"))?;
+            .map_err(|e| format!("restore: {e:?}"))?;
             (saved.key, saved.next_seq, node)
         }
         None => {
