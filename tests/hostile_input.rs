@@ -1,7 +1,7 @@
 //! A raw client on `/bytesandbrains/wire/1` that does not follow the
 //! framing gets a typed rejection for each frame; the receiver keeps serving
-//! and allocates only what arrives. A client that trickles a frame is cut
-//! at the receiver's request timeout.
+//! and allocates only what arrives. A client that trickles a frame is
+//! refused, and let go, within the receiver's request timeout.
 
 mod common;
 
@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use bb_libp2p::codec::proto::{Reason, Status};
 use bb_libp2p::codec::Ack;
 use bb_libp2p::{Behaviour, Config, Event, RejectKind};
-use bytesandbrains::proto::onnx::ModelProto;
 use common::models::{bb_swarm, bytes_value, compile, install, send_value, Ping};
 use common::{connect, listen, memory_swarm, raw_wire, run_for, until};
 use futures::channel::mpsc;
@@ -21,7 +20,7 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;
 use libp2p::request_response::OutboundFailure;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{request_response, PeerId, Swarm};
+use libp2p::{request_response, PeerId};
 use prost::Message;
 
 /// Counts live heap bytes and their high-water mark.
@@ -271,7 +270,7 @@ impl request_response::Codec for TrickleCodec {
 enum ClientEvent {
     Connected,
     Failed(OutboundFailure),
-    Answered,
+    Answered(Vec<u8>),
 }
 
 /// Runs a trickling client on its own task: connects to `dest`, sends
@@ -316,9 +315,9 @@ fn trickle_client(
                         ClientEvent::Failed(error)
                     }
                     SwarmEvent::Behaviour(request_response::Event::Message {
-                        message: request_response::Message::Response { .. },
+                        message: request_response::Message::Response { response, .. },
                         ..
-                    }) => ClientEvent::Answered,
+                    }) => ClientEvent::Answered(response),
                     _ => continue,
                 },
             };
@@ -330,43 +329,26 @@ fn trickle_client(
     (me, frame_tx, events)
 }
 
-/// The receiver's request timeout in the trickle tests.
+/// The receiver's request timeout in the trickle test.
 const TIMEOUT: Duration = Duration::from_millis(500);
 
-/// How late after [`TIMEOUT`] the cut may come.
+/// How late after [`TIMEOUT`] the receiver may act.
 const MARGIN: Duration = Duration::from_secs(1);
 
-/// What trickling a frame to a receiver came to, [`TIMEOUT`] + [`MARGIN`]
-/// after the client sent it.
-struct Trickled {
-    /// The receiver, still running.
-    b: Swarm<Behaviour>,
-    /// The trickling client.
-    client: PeerId,
-    /// The receiver's events, with when they came.
-    events: Vec<(Duration, Event)>,
-    /// How the client's request ended, and when.
-    ended: Vec<(Duration, ClientEvent)>,
-    /// The bytes of the frame the client's stream took.
-    written: Arc<AtomicUsize>,
-    /// The frame's length.
-    total: usize,
-}
-
-/// Starts a receiver running `target` of `model` with a [`TIMEOUT`] request
-/// timeout, and a client that trickles it a frame claiming 1 KiB (all of
-/// which would take 50 s to arrive).
-async fn trickle(model: &ModelProto, target: &str) -> Trickled {
+#[tokio::test(flavor = "current_thread")]
+async fn a_trickling_client_is_refused_and_let_go_within_the_request_timeout() {
+    let _heap = HEAP.lock().await;
+    let (model, targets) = compile(Ping);
     let key = Keypair::generate_ed25519();
-    let node = install(&key, model, &[target]);
+    let node = install(&key, &model, &[&targets[1]]);
     let mut b = memory_swarm(
         key,
         Behaviour::new(node, Config::default().with_request_timeout(TIMEOUT)),
     );
     let addr = listen(&mut b).await;
+    let dest = *b.local_peer_id();
     let written = Arc::new(AtomicUsize::new(0));
-    let (client, mut frames, mut client_events) =
-        trickle_client(*b.local_peer_id(), addr, written.clone());
+    let (client, mut frames, mut client_events) = trickle_client(dest, addr, written.clone());
 
     // Serve B until the client has its connection.
     let mut swarms = [&mut b];
@@ -378,72 +360,76 @@ async fn trickle(model: &ModelProto, target: &str) -> Trickled {
         _ = serve => unreachable!(),
     }
 
-    let frame = [varint(1024), vec![7; 1024]].concat();
+    // A frame that claims 1 KiB and brings 40 bytes of it: two seconds of
+    // trickle, well past the timeout.
+    let frame = [varint(1024), vec![7; 40]].concat();
     let total = frame.len();
     let sent = Instant::now();
     frames.try_send(frame).unwrap();
-    let mut events = Vec::new();
-    let mut ended = Vec::new();
+    let mut refused = None;
     let mut swarms = [&mut b];
-    let serve = run_for(&mut swarms, TIMEOUT + MARGIN, |_, e| {
-        if let SwarmEvent::Behaviour(e) = e {
-            events.push((sent.elapsed(), e));
+    let serve = run_for(&mut swarms, Duration::from_secs(5), |_, e| match e {
+        SwarmEvent::Behaviour(Event::InboundRejected {
+            peer, rejection, ..
+        }) => {
+            assert!(refused.is_none(), "refused twice: {rejection}");
+            refused = Some((
+                sent.elapsed(),
+                peer,
+                rejection,
+                written.load(Ordering::Relaxed),
+            ));
         }
+        SwarmEvent::Behaviour(e) => panic!("unexpected {e:?}"),
+        _ => {}
     });
-    let watch = async {
+    let ended = async {
         while let Some((at, e)) = client_events.next().await {
-            ended.push((at.duration_since(sent), e));
+            if !matches!(e, ClientEvent::Connected) {
+                return (at.duration_since(sent), e);
+            }
         }
+        unreachable!("the client stopped")
     };
-    tokio::select! {
-        _ = serve => {}
-        _ = watch => unreachable!("the client stopped"),
-    }
-    Trickled {
-        b,
-        client,
-        events,
-        ended,
-        written,
-        total,
-    }
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn a_trickling_client_is_cut_at_the_request_timeout() {
-    let _heap = HEAP.lock().await;
-    let (model, targets) = compile(Ping);
-    let Trickled {
-        mut b,
-        events,
-        ended,
-        written,
-        total,
-        ..
-    } = trickle(&model, &targets[1]).await;
-
-    // The receiver dropped the stream: the client's request failed at the
-    // receiver's timeout, not its own, with part of the frame written.
-    let [(after, ClientEvent::Failed(OutboundFailure::Io(error)))] = ended.as_slice() else {
-        panic!("the client's request ended with {ended:?}");
+    let (ended_after, end) = tokio::select! {
+        end = ended => end,
+        _ = serve => panic!("the client's request was never let go"),
     };
+
+    let Some((after, peer, rejection, written_then)) = refused else {
+        panic!("B reported no refusal; the client's request ended with {end:?}");
+    };
+    assert_eq!(peer, client);
+    assert_eq!(rejection.kind, RejectKind::Timeout, "{rejection}");
     assert!(
-        (TIMEOUT..TIMEOUT + MARGIN).contains(after),
-        "cut after {after:?}: {error}"
+        (TIMEOUT / 2..TIMEOUT + MARGIN).contains(&after),
+        "refused after {after:?}"
     );
-    let written = written.load(Ordering::Relaxed);
-    assert!(written < total / 2, "{written} of {total} bytes written");
-    // Nothing reached the engine.
-    for (_, e) in &events {
-        assert!(
-            matches!(e, Event::InboundRejected { rejection, .. } if rejection.kind == RejectKind::Timeout),
-            "unexpected {e:?}"
-        );
+    assert!(
+        written_then < total,
+        "B waited for the whole frame ({total} bytes)"
+    );
+    // B holds nothing of the stream: it either reset it, failing the
+    // client's write, or answered and closed its end (the client reads the
+    // answer to the end of the stream once its trickle is over).
+    match end {
+        ClientEvent::Failed(OutboundFailure::Io(e)) => assert!(
+            ended_after < TIMEOUT + MARGIN,
+            "reset after {ended_after:?}: {e}"
+        ),
+        ClientEvent::Answered(response) => {
+            let ack = Ack::decode_length_delimited(response.as_slice()).expect("an Ack");
+            assert_eq!(
+                (ack.status(), ack.reason()),
+                (Status::Rejected, Reason::Timeout)
+            );
+            assert_eq!(ack.detail, rejection.detail);
+        }
+        e => panic!("the client's request ended with {e:?}"),
     }
     assert_eq!(b.behaviour().wire_stats().envelopes_received, 0);
 
     // A real peer still delivers.
-    let dest = *b.local_peer_id();
     let mut a = bb_swarm(&model, &[&targets[0]]);
     connect(&mut a, &mut b).await;
     send_value(a.behaviour_mut().node_mut(), &targets[0], dest, b"after");
@@ -460,33 +446,4 @@ async fn a_trickling_client_is_cut_at_the_request_timeout() {
     )
     .await;
     assert_eq!(got, bytes_value(b"after"));
-}
-
-/// `RejectKind::Timeout` says a peer trickling bytes ends there; the cut
-/// above happens, but unreported.
-#[tokio::test(flavor = "current_thread")]
-#[ignore = "request-response 0.30 drops an inbound stream whose request is still \
-            being read at the timeout without an event, so the behaviour never hears of it"]
-async fn a_trickled_frame_is_reported_as_an_inbound_timeout() {
-    let _heap = HEAP.lock().await;
-    let (model, targets) = compile(Ping);
-    let t = trickle(&model, &targets[1]).await;
-    let reported: Vec<_> = t
-        .events
-        .iter()
-        .filter_map(|(at, e)| match e {
-            Event::InboundRejected {
-                peer, rejection, ..
-            } => Some((*at, *peer, rejection.kind)),
-            _ => None,
-        })
-        .collect();
-    let [(at, peer, kind)] = reported.as_slice() else {
-        panic!("reported {:?}", t.events);
-    };
-    assert_eq!((*peer, *kind), (t.client, RejectKind::Timeout));
-    assert!(
-        (TIMEOUT..TIMEOUT + MARGIN).contains(at),
-        "reported after {at:?}"
-    );
 }
