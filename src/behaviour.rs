@@ -2,6 +2,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -366,7 +367,7 @@ impl Behaviour {
             .in_flight
             .values()
             .chain(self.outbox.iter())
-            .map(|o| o.envelope.clone())
+            .map(|o| WireEnvelope::clone(&o.envelope))
             .collect();
         let queue = &mut self.node.engine_install_handle().framework.outbound_queue;
         let pending = queue.drain_all();
@@ -460,7 +461,7 @@ impl Behaviour {
         let outgoing = Outgoing {
             peer,
             wire_req_id,
-            envelope,
+            envelope: Arc::new(envelope),
             busy_answers: 0,
             since: Instant::now(),
         };
@@ -532,10 +533,10 @@ impl Behaviour {
             );
         }
         let waited = outgoing.since.elapsed().as_nanos() as u64;
-        let envelope = &mut outgoing.envelope;
-        if envelope.remaining_deadline_ns > 0 && waited > 0 {
-            if waited >= envelope.remaining_deadline_ns {
-                let budget = Duration::from_nanos(envelope.remaining_deadline_ns);
+        let remaining = outgoing.envelope.remaining_deadline_ns;
+        if remaining > 0 && waited > 0 {
+            if waited >= remaining {
+                let budget = Duration::from_nanos(remaining);
                 return self.fail(
                     Some(outgoing.peer),
                     outgoing.wire_req_id,
@@ -543,8 +544,10 @@ impl Behaviour {
                     SendFailure::DeadlineExceeded { budget },
                 );
             }
-            envelope.remaining_deadline_ns -= waited;
+            // The request of an earlier attempt is done with it: no copy.
+            Arc::make_mut(&mut outgoing.envelope).remaining_deadline_ns -= waited;
         }
+        let envelope = &outgoing.envelope;
         outgoing.since = Instant::now();
         let (peer, size) = (outgoing.peer, envelope.encoded_len());
         tracing::debug!(%peer, wire_req_id = outgoing.wire_req_id, size, "sending envelope");
@@ -553,7 +556,7 @@ impl Behaviour {
         let budget = Duration::from_nanos(envelope.remaining_deadline_ns);
         let request_id = self
             .inner
-            .send_request(&peer, Request::Envelope(envelope.clone()));
+            .send_request(&peer, Request::Envelope(Arc::clone(envelope)));
         *self.in_flight_per_peer.entry(peer).or_default() += 1;
         self.in_flight.insert(request_id, outgoing);
         // The envelope's own budget bounds how long it may take on the wire.
@@ -828,7 +831,9 @@ impl Behaviour {
                     },
             } => {
                 let verdict = match request {
-                    Request::Envelope(envelope) => self.accept(peer, envelope),
+                    Request::Envelope(envelope) => {
+                        self.accept(peer, Arc::unwrap_or_clone(envelope))
+                    }
                     Request::Invalid(rejection) => Err(rejection),
                 };
                 let ack = match verdict {

@@ -13,6 +13,7 @@
 //! rejection on the same stream.
 
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bb_runtime::envelope::{EnvelopeCaps, EnvelopeCodec, EnvelopeDecodeError, WireEnvelope};
@@ -48,7 +49,8 @@ pub use proto::Ack;
 #[derive(Debug)]
 pub enum Request {
     /// An envelope to send, or one that was read and decoded within caps.
-    Envelope(WireEnvelope),
+    /// Shared, so a sender can keep it for a retry without a copy.
+    Envelope(Arc<WireEnvelope>),
     /// An inbound frame that could not become an envelope.
     Invalid(Rejection),
 }
@@ -224,7 +226,7 @@ impl libp2p::request_response::Codec for Codec {
                 Ok(envelope) => {
                     match expired(&envelope, started.elapsed()).filter(|_| self.refuse_expired) {
                         Some(rejection) => Request::Invalid(rejection),
-                        None => Request::Envelope(envelope),
+                        None => Request::Envelope(Arc::new(envelope)),
                     }
                 }
                 Err(err) => Request::Invalid(decode_rejection(err)),
@@ -255,7 +257,7 @@ impl libp2p::request_response::Codec for Codec {
         T: AsyncWrite + Unpin + Send,
     {
         match req {
-            Request::Envelope(envelope) => write_frame(io, &envelope).await,
+            Request::Envelope(envelope) => write_frame(io, &*envelope).await,
             Request::Invalid(rejection) => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("an invalid inbound frame is never sent: {rejection}"),
@@ -303,10 +305,14 @@ mod tests {
         };
         let mut buf = futures::io::Cursor::new(Vec::new());
         let mut codec = Codec::new(EnvelopeCaps::default(), 1024);
-        block_on(codec.write_request(&PROTOCOL_NAME, &mut buf, Request::Envelope(env.clone())))
-            .unwrap();
+        block_on(codec.write_request(
+            &PROTOCOL_NAME,
+            &mut buf,
+            Request::Envelope(Arc::new(env.clone())),
+        ))
+        .unwrap();
         match read(&buf.into_inner(), 1024) {
-            Request::Envelope(got) => assert_eq!(got, env),
+            Request::Envelope(got) => assert_eq!(*got, env),
             Request::Invalid(r) => panic!("{r}"),
         }
     }
@@ -435,7 +441,7 @@ mod tests {
             block_on(codec.write_request(
                 &PROTOCOL_NAME,
                 &mut buf,
-                Request::Envelope(envelope.clone()),
+                Request::Envelope(Arc::new(envelope.clone())),
             ))
             .unwrap();
             buf.into_inner()
@@ -454,7 +460,7 @@ mod tests {
                 let frame = write(&envelope);
                 match read_with_caps(&frame).unwrap() {
                     Request::Envelope(got) => {
-                        prop_assert_eq!(&got, &envelope);
+                        prop_assert_eq!(&*got, &envelope);
                         prop_assert_eq!(write(&got), frame);
                     }
                     Request::Invalid(r) => prop_assert!(false, "refused: {}", r),

@@ -2,6 +2,7 @@
 //! a peer's back-off (it said it is busy) to pass.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bb_runtime::envelope::WireEnvelope;
@@ -12,7 +13,9 @@ use libp2p::PeerId;
 pub(crate) struct Outgoing {
     pub(crate) peer: PeerId,
     pub(crate) wire_req_id: u64,
-    pub(crate) envelope: WireEnvelope,
+    /// Shared with the request while it is on the wire, so that a retry
+    /// or a snapshot needs no copy kept beside it.
+    pub(crate) envelope: Arc<WireEnvelope>,
     /// Times the peer answered "busy" to it.
     pub(crate) busy_answers: u32,
     /// When it started waiting here, to charge the wait against its
@@ -106,7 +109,7 @@ mod tests {
         Outgoing {
             peer,
             wire_req_id: id,
-            envelope: WireEnvelope::default(),
+            envelope: Arc::default(),
             busy_answers: 0,
             since: Instant::now(),
         }

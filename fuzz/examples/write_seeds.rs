@@ -18,8 +18,12 @@ fn value(bytes: &[u8]) -> Vec<u8> {
 
 fn frame(envelope: WireEnvelope) -> Vec<u8> {
     let mut out = futures::io::Cursor::new(Vec::new());
-    block_on(codec().write_request(&PROTOCOL_NAME, &mut out, Request::Envelope(envelope)))
-        .expect("writes to memory");
+    block_on(codec().write_request(
+        &PROTOCOL_NAME,
+        &mut out,
+        Request::Envelope(std::sync::Arc::new(envelope)),
+    ))
+    .expect("writes to memory");
     out.into_inner()
 }
 

@@ -36,7 +36,7 @@ fuzz_target!(|frame: &[u8]| {
     let request = block_on(codec().read_request(&PROTOCOL_NAME, &mut cursor))
         .expect("a frame in memory never breaks the stream");
     let envelope = match request {
-        Request::Envelope(envelope) => envelope,
+        Request::Envelope(envelope) => std::sync::Arc::unwrap_or_clone(envelope),
         Request::Invalid(rejection) => {
             assert!(
                 matches!(
