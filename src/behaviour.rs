@@ -33,6 +33,7 @@ use crate::address_book::PeerBook;
 use crate::admission;
 use crate::clock::{self, Clock};
 use crate::codec::{self, Ack, Codec, Request, MAX_DETAIL_BYTES, PROTOCOL_NAME};
+use crate::contexts::Pruner;
 use crate::event::{Denial, Event, PeerDenied, RejectKind, Rejection, SendFailure};
 use crate::outbox::{Outbox, Outgoing};
 use crate::peer::{p2p_address, peer_of_address, to_engine_peer, to_libp2p_peer};
@@ -138,6 +139,7 @@ pub struct Behaviour {
     /// checked against.
     policy_seen: (HashSet<EnginePeerId>, Option<HashSet<EnginePeerId>>),
     stats: WireStats,
+    contexts: Pruner,
     /// Peers reported down ([`Event::PeerDown`]) and not up since.
     down: HashSet<PeerId>,
     /// Peers whose `BackoffNotice` the engine has yet to take: their
@@ -243,6 +245,7 @@ impl Behaviour {
             policy_dirty: false,
             policy_seen: (HashSet::new(), None),
             stats: WireStats::default(),
+            contexts: Pruner::default(),
             down: HashSet::new(),
             advised: Vec::new(),
             early_steps,
@@ -1142,6 +1145,7 @@ impl Behaviour {
             let reported = !self.advised.is_empty() && self.check_advised();
             if let Poll::Ready(steps) = polled {
                 self.clock_dirty = true;
+                self.contexts.maybe_prune(self.node.engine_install_handle());
                 for step in steps {
                     self.on_step(step);
                 }

@@ -58,6 +58,7 @@ mod behaviour;
 mod clock;
 pub mod codec;
 mod config;
+mod contexts;
 mod event;
 mod outbox;
 pub mod peer;

@@ -425,3 +425,49 @@ async fn a_burst_past_the_stream_limit_is_queued_not_failed() {
     }
     assert_eq!(most, 10, "in flight to one peer: half the stream limit");
 }
+
+/// A receiver's engine state does not grow with the values it has taken:
+/// bb-runtime 0.3.8 keeps an inbound context per value for ever, which the
+/// behaviour prunes.
+#[tokio::test(flavor = "current_thread")]
+async fn a_receivers_engine_state_stays_bounded() {
+    // Batches small enough to go out at once (no queueing, so no value
+    // outwaits its budget), enough of them to pass 2048 values.
+    const BATCHES: u32 = 60;
+    const BATCH: u32 = 40;
+    let (mut a, mut b, sender) = pair(Config::default(), Config::default());
+    let pb = *b.local_peer_id();
+    connect(&mut a, &mut b).await;
+    let (mut acked, mut most) = (0, 0);
+    for batch in 0..BATCHES {
+        for n in 0..BATCH {
+            let value = (batch * BATCH + n).to_le_bytes();
+            send_value(a.behaviour_mut().node_mut(), &sender, pb, &value);
+        }
+        let mut settled = 0;
+        until(
+            &mut [&mut a, &mut b],
+            Duration::from_secs(30),
+            "the batch",
+            |i, e| {
+                match e {
+                    SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. }) if i == 0 => {
+                        acked += 1;
+                        settled += 1;
+                    }
+                    SwarmEvent::Behaviour(Event::SendFailed { .. }) if i == 0 => settled += 1,
+                    _ => {}
+                }
+                (settled == BATCH).then_some(())
+            },
+        )
+        .await;
+        let engine = b.behaviour_mut().node_mut().engine_install_handle();
+        most = most.max(engine.framework.inbound_contexts.len());
+    }
+    assert!(acked > 2048, "only {acked} values taken");
+    assert!(
+        most <= 1024 + BATCH as usize,
+        "{most} inbound contexts held after {acked} values"
+    );
+}
