@@ -609,8 +609,9 @@ impl Behaviour {
     }
 
     /// Sends what waited in the outbox and may go now; arms the timer for
-    /// the earliest busy peer's wait.
-    fn release_outbox(&mut self, cx: &mut Context<'_>) {
+    /// the earliest busy peer's wait. `true` when it sent any (the inner
+    /// behaviour has requests to hand on, and does not wake the task itself).
+    fn release_outbox(&mut self, cx: &mut Context<'_>) -> bool {
         if let Some(timer) = self.outbox_timer.as_mut() {
             if timer.poll_unpin(cx).is_ready() {
                 self.outbox_timer = None;
@@ -618,13 +619,14 @@ impl Behaviour {
             }
         }
         if !self.outbox_dirty {
-            return;
+            return false;
         }
         self.outbox_dirty = false;
         if self.outbox.is_empty() {
             self.outbox_timer = None;
-            return;
+            return false;
         }
+        let mut sent = false;
         self.clock.advance(self.node.engine_install_handle());
         let mut waits: HashMap<PeerId, bool> = HashMap::new();
         // An envelope can fail as it goes (its deadline passed while it
@@ -655,6 +657,7 @@ impl Behaviour {
             }
             for outgoing in ready {
                 self.transmit(outgoing);
+                sent = true;
             }
         }
         let engine = self.node.engine_install_handle();
@@ -669,6 +672,7 @@ impl Behaviour {
             let _ = timer.poll_unpin(cx);
             timer
         });
+        sent
     }
 
     /// The peer refused `outgoing` because its engine's ingress was full:
@@ -1377,8 +1381,7 @@ impl NetworkBehaviour for Behaviour {
                 Poll::Pending => {}
             }
             self.expire_deadlines(cx);
-            self.release_outbox(cx);
-            if !self.events.is_empty() {
+            if self.release_outbox(cx) || !self.events.is_empty() {
                 continue;
             }
             if cycles == ENGINE_CYCLES_PER_POLL {

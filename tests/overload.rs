@@ -471,3 +471,65 @@ async fn a_receivers_engine_state_stays_bounded() {
         "{most} inbound contexts held after {acked} values"
     );
 }
+
+/// After a busy answer the envelope goes again when its wait ends, woken by
+/// nothing but that wait (the swarms here are polled only when woken).
+#[tokio::test(flavor = "current_thread")]
+async fn a_retry_goes_out_when_its_wait_ends() {
+    let (mut a, _, sender) = pair(Config::default(), Config::default());
+    let kb = Keypair::generate_ed25519();
+    let pb = kb.public().to_peer_id();
+    let mut b = memory_swarm(
+        kb,
+        request_response::Behaviour::with_codec(
+            Codec::new(EnvelopeCaps::default(), 1 << 20),
+            [(PROTOCOL_NAME, ProtocolSupport::Full)],
+            request_response::Config::default(),
+        ),
+    );
+    let b_addr = listen(&mut b).await;
+    a.add_peer_address(pb, b_addr);
+    send_value(a.behaviour_mut().node_mut(), &sender, pb, b"again");
+    let mut answers = 0;
+    let acked = poll_fn(|cx| {
+        while let Poll::Ready(Some(e)) = a.poll_next_unpin(cx) {
+            match e {
+                SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. }) => {
+                    return Poll::Ready(answers)
+                }
+                SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
+                    panic!("failed: {reason}")
+                }
+                _ => {}
+            }
+        }
+        while let Poll::Ready(Some(e)) = b.poll_next_unpin(cx) {
+            if let SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Request { channel, .. },
+                ..
+            }) = e
+            {
+                // Busy the first time, then take it.
+                let ack = if answers == 0 {
+                    Ack {
+                        status: Status::Rejected as i32,
+                        reason: Reason::Busy as i32,
+                        detail: "busy".into(),
+                    }
+                } else {
+                    Ack {
+                        status: Status::Accepted as i32,
+                        ..Default::default()
+                    }
+                };
+                answers += 1;
+                b.behaviour_mut().send_response(channel, ack).unwrap();
+            }
+        }
+        Poll::Pending
+    });
+    let answers = tokio::time::timeout(Duration::from_secs(2), acked)
+        .await
+        .expect("the retry never went out");
+    assert_eq!(answers, 2);
+}
