@@ -21,7 +21,7 @@ use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
-use libp2p::Swarm;
+use libp2p::{PeerId, Swarm};
 
 /// Ping's sender and receiver with the given configurations.
 fn pair(sender: Config, receiver: Config) -> (Swarm<Behaviour>, Swarm<Behaviour>, String) {
@@ -36,6 +36,41 @@ fn pair(sender: Config, receiver: Config) -> (Swarm<Behaviour>, Swarm<Behaviour>
         Behaviour::new(install(&kb, &model, &[&targets[1]]), receiver),
     );
     (a, b, targets[0].clone())
+}
+
+/// A peer that speaks the wire protocol with answers the test chooses,
+/// known to `a`'s swarm.
+async fn wire_server(
+    a: &mut Swarm<Behaviour>,
+) -> (Swarm<request_response::Behaviour<Codec>>, PeerId) {
+    let key = Keypair::generate_ed25519();
+    let peer = key.public().to_peer_id();
+    let mut server = memory_swarm(
+        key,
+        request_response::Behaviour::with_codec(
+            Codec::new(EnvelopeCaps::default(), 1 << 20),
+            [(PROTOCOL_NAME, ProtocolSupport::Full)],
+            request_response::Config::default(),
+        ),
+    );
+    a.add_peer_address(peer, listen(&mut server).await);
+    (server, peer)
+}
+
+/// An acknowledgement: "busy", or accepted.
+fn answer(busy: bool) -> Ack {
+    if busy {
+        Ack {
+            status: Status::Rejected as i32,
+            reason: Reason::Busy as i32,
+            detail: "busy".into(),
+        }
+    } else {
+        Ack {
+            status: Status::Accepted as i32,
+            ..Default::default()
+        }
+    }
 }
 
 /// A receiver answering "busy" (here one that speaks the wire protocol
@@ -53,19 +88,7 @@ async fn a_busy_receiver_makes_the_sender_wait_and_resend() {
             .with_wire_deadlines(false),
         Config::default(),
     );
-    let kb = Keypair::generate_ed25519();
-    let pb = kb.public().to_peer_id();
-    let codec = Codec::new(EnvelopeCaps::default(), 1 << 20);
-    let mut b = memory_swarm(
-        kb,
-        request_response::Behaviour::with_codec(
-            codec,
-            [(PROTOCOL_NAME, ProtocolSupport::Full)],
-            request_response::Config::default(),
-        ),
-    );
-    let b_addr = listen(&mut b).await;
-    a.add_peer_address(pb, b_addr);
+    let (mut b, pb) = wire_server(&mut a).await;
     for n in 0..SENDS {
         send_value(a.behaviour_mut().node_mut(), &sender, pb, &n.to_le_bytes());
     }
@@ -130,20 +153,12 @@ async fn a_busy_receiver_makes_the_sender_wait_and_resend() {
                         }
                     };
                     let busy = (taken.len() + refused) % 2 == 1;
-                    let ack = if busy {
+                    if busy {
                         refused += 1;
-                        Ack {
-                            status: Status::Rejected as i32,
-                            reason: Reason::Busy as i32,
-                            detail: "busy".into(),
-                        }
                     } else {
                         taken.push(envelope.fills[0].payload.clone());
-                        Ack {
-                            status: Status::Accepted as i32,
-                            ..Default::default()
-                        }
-                    };
+                    }
+                    let ack = answer(busy);
                     b.behaviour_mut().send_response(channel, ack).unwrap();
                 }
             }
@@ -477,18 +492,7 @@ async fn a_receivers_engine_state_stays_bounded() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_retry_goes_out_when_its_wait_ends() {
     let (mut a, _, sender) = pair(Config::default(), Config::default());
-    let kb = Keypair::generate_ed25519();
-    let pb = kb.public().to_peer_id();
-    let mut b = memory_swarm(
-        kb,
-        request_response::Behaviour::with_codec(
-            Codec::new(EnvelopeCaps::default(), 1 << 20),
-            [(PROTOCOL_NAME, ProtocolSupport::Full)],
-            request_response::Config::default(),
-        ),
-    );
-    let b_addr = listen(&mut b).await;
-    a.add_peer_address(pb, b_addr);
+    let (mut b, pb) = wire_server(&mut a).await;
     send_value(a.behaviour_mut().node_mut(), &sender, pb, b"again");
     let mut answers = 0;
     let acked = poll_fn(|cx| {
@@ -510,18 +514,7 @@ async fn a_retry_goes_out_when_its_wait_ends() {
             }) = e
             {
                 // Busy the first time, then take it.
-                let ack = if answers == 0 {
-                    Ack {
-                        status: Status::Rejected as i32,
-                        reason: Reason::Busy as i32,
-                        detail: "busy".into(),
-                    }
-                } else {
-                    Ack {
-                        status: Status::Accepted as i32,
-                        ..Default::default()
-                    }
-                };
+                let ack = answer(answers == 0);
                 answers += 1;
                 b.behaviour_mut().send_response(channel, ack).unwrap();
             }
