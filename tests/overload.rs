@@ -57,6 +57,43 @@ async fn wire_server(
     (server, peer)
 }
 
+/// Drives both swarms until `sends` of `a`'s envelopes are acknowledged or
+/// expired, calling `sample` between short slices. On a loaded machine a
+/// queued envelope can outwait the engine's 100 ms budget: an outcome, not a
+/// loss; any other failure fails the test.
+async fn settle(
+    a: &mut Swarm<Behaviour>,
+    b: &mut Swarm<Behaviour>,
+    sends: u32,
+    mut sample: impl FnMut(&Swarm<Behaviour>, &Swarm<Behaviour>),
+) {
+    let (mut acked, mut expired) = (0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while acked + expired < sends {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{acked} acknowledged, {expired} expired of {sends}"
+        );
+        run_for(
+            &mut [&mut *a, &mut *b],
+            Duration::from_millis(1),
+            |_, e| match e {
+                SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. }) => acked += 1,
+                SwarmEvent::Behaviour(Event::SendFailed {
+                    reason: SendFailure::DeadlineExceeded { .. },
+                    ..
+                }) => expired += 1,
+                SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
+                    panic!("lost an envelope: {reason}")
+                }
+                _ => {}
+            },
+        )
+        .await;
+        sample(a, b);
+    }
+}
+
 /// An acknowledgement: "busy", or accepted.
 fn answer(busy: bool) -> Ack {
     if busy {
@@ -244,32 +281,8 @@ async fn the_senders_bounds_hold_throughout() {
     for n in 0..20u32 {
         send_value(a.behaviour_mut().node_mut(), &sender, pb, &n.to_le_bytes());
     }
-    let (mut acked, mut expired) = (0, 0);
     let mut worst = (0, 0);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while acked + expired < 20 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{acked} acknowledged, {expired} expired of 20"
-        );
-        run_for(
-            &mut [&mut a, &mut b],
-            Duration::from_millis(2),
-            |_, e| match e {
-                SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. }) => acked += 1,
-                // On a loaded machine a queued envelope can outwait the
-                // engine's 100 ms budget: an outcome, not a loss.
-                SwarmEvent::Behaviour(Event::SendFailed {
-                    reason: SendFailure::DeadlineExceeded { .. },
-                    ..
-                }) => expired += 1,
-                SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
-                    panic!("lost an envelope: {reason}")
-                }
-                _ => {}
-            },
-        )
-        .await;
+    settle(&mut a, &mut b, 20, |a, b| {
         let bb = a.behaviour();
         worst = (
             worst.0.max(bb.envelopes_in_flight()),
@@ -279,7 +292,8 @@ async fn the_senders_bounds_hold_throughout() {
             b.behaviour().node().ingress_handle().len() <= 2,
             "the receiver's ingress passed its bound"
         );
-    }
+    })
+    .await;
     assert!(
         worst.0 <= 4 && worst.1 <= 16,
         "in flight, queued: {worst:?}"
@@ -411,33 +425,11 @@ async fn a_burst_past_the_stream_limit_is_queued_not_failed() {
     for n in 0..SENDS {
         send_value(a.behaviour_mut().node_mut(), &sender, pb, &n.to_le_bytes());
     }
-    let (mut acked, mut expired, mut most) = (0, 0, 0);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while acked + expired < SENDS {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{acked} acknowledged, {expired} expired of {SENDS}"
-        );
-        run_for(
-            &mut [&mut a, &mut b],
-            Duration::from_millis(1),
-            |_, e| match e {
-                SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. }) => acked += 1,
-                // Queued envelopes can outwait their 100 ms budget on a
-                // loaded machine; no other failure is allowed.
-                SwarmEvent::Behaviour(Event::SendFailed {
-                    reason: SendFailure::DeadlineExceeded { .. },
-                    ..
-                }) => expired += 1,
-                SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
-                    panic!("lost an envelope: {reason}")
-                }
-                _ => {}
-            },
-        )
-        .await;
+    let mut most = 0;
+    settle(&mut a, &mut b, SENDS, |a, _| {
         most = most.max(a.behaviour().envelopes_in_flight());
-    }
+    })
+    .await;
     assert_eq!(most, 10, "in flight to one peer: half the stream limit");
 }
 
