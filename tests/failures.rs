@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bb_libp2p::{Behaviour, Config, Event, RejectKind, SendFailure};
+use bb_libp2p::{Behaviour, Config, Event, RejectKind, Rejection, SendFailure};
 use bb_runtime::engine::EngineStep;
 use common::models::{compile, install, send_value, Other, Ping};
 use common::{connect, memory_swarm, raw_wire, run_for, until};
@@ -41,6 +41,40 @@ fn idle_sender_to(dest: PeerId, config: Config) -> (Swarm<Behaviour>, u64) {
 fn send_one(a: &mut Swarm<Behaviour>, dest: PeerId) {
     let (_, targets) = compile(Ping);
     send_value(a.behaviour_mut().node_mut(), &targets[0], dest, b"lost?");
+}
+
+/// Connects `a` to `b`, sends one value and returns the failure `a` reports
+/// for it, with the refusal `b` reported (the sender and the rejection).
+async fn refused_by(
+    a: &mut Swarm<Behaviour>,
+    b: &mut Swarm<Behaviour>,
+    dest: PeerId,
+    wire_req_id: u64,
+) -> (SendFailure, (PeerId, Rejection)) {
+    connect(a, b).await;
+    send_one(a, dest);
+    let mut refused = None;
+    let reason = until(&mut [a, b], TIMEOUT * 3, "SendFailed", |i, e| match e {
+        SwarmEvent::Behaviour(Event::InboundRejected {
+            peer, rejection, ..
+        }) if i == 1 => {
+            refused = Some((peer, rejection));
+            None
+        }
+        SwarmEvent::Behaviour(Event::AppEvent { .. }) => panic!("delivered"),
+        SwarmEvent::Behaviour(Event::SendFailed {
+            peer,
+            wire_req_id: id,
+            reason,
+            ..
+        }) => {
+            assert_eq!((peer, id), (Some(dest), wire_req_id));
+            Some(reason)
+        }
+        _ => None,
+    })
+    .await;
+    (reason, refused.expect("the receiver reported no refusal"))
 }
 
 /// Waits for the send failure, checks when it came, and that the engine took
@@ -238,33 +272,7 @@ async fn rejecting_acknowledgement_is_a_nak() {
         ),
     );
     let (mut a, id) = idle_sender_to(dest, Config::default().with_request_timeout(TIMEOUT));
-    connect(&mut a, &mut b).await;
-    send_one(&mut a, dest);
-    let mut refused = None;
-    let reason = until(
-        &mut [&mut a, &mut b],
-        TIMEOUT * 3,
-        "SendFailed",
-        |_, e| match e {
-            SwarmEvent::Behaviour(Event::InboundRejected {
-                peer, rejection, ..
-            }) => {
-                refused = Some((peer, rejection));
-                None
-            }
-            SwarmEvent::Behaviour(Event::SendFailed {
-                peer,
-                wire_req_id,
-                reason,
-                ..
-            }) => {
-                assert_eq!((peer, wire_req_id), (Some(dest), id));
-                Some(reason)
-            }
-            _ => None,
-        },
-    )
-    .await;
+    let (reason, refused) = refused_by(&mut a, &mut b, dest, id).await;
     let SendFailure::Rejected(rejection) = &reason else {
         panic!("expected a rejection, got {reason:?}");
     };
@@ -275,7 +283,7 @@ async fn rejecting_acknowledgement_is_a_nak() {
         rejection.detail
     );
     assert_eq!(reason.label(), "nak");
-    assert_eq!(refused, Some((*a.local_peer_id(), rejection.clone())));
+    assert_eq!(refused, (*a.local_peer_id(), rejection.clone()));
     engine_took_the_failure(&mut a).await;
 }
 
@@ -294,32 +302,7 @@ async fn value_for_a_port_without_receiver_is_refused() {
         ),
     );
     let (mut a, id) = idle_sender_to(dest, Config::default().with_request_timeout(TIMEOUT));
-    connect(&mut a, &mut b).await;
-    send_one(&mut a, dest);
-    let mut refused = None;
-    let reason = until(
-        &mut [&mut a, &mut b],
-        TIMEOUT * 3,
-        "SendFailed",
-        |i, e| match e {
-            SwarmEvent::Behaviour(Event::InboundRejected { rejection, .. }) if i == 1 => {
-                refused = Some(rejection);
-                None
-            }
-            SwarmEvent::Behaviour(Event::AppEvent { .. }) => panic!("delivered"),
-            SwarmEvent::Behaviour(Event::SendFailed {
-                peer,
-                wire_req_id,
-                reason,
-                ..
-            }) => {
-                assert_eq!((peer, wire_req_id), (Some(dest), id));
-                Some(reason)
-            }
-            _ => None,
-        },
-    )
-    .await;
+    let (reason, refused) = refused_by(&mut a, &mut b, dest, id).await;
     let SendFailure::Rejected(rejection) = &reason else {
         panic!("expected a rejection, got {reason:?}");
     };
@@ -331,6 +314,6 @@ async fn value_for_a_port_without_receiver_is_refused() {
             bb_libp2p::sites::portable_site_id("port")
         )
     );
-    assert_eq!(refused.as_ref(), Some(rejection));
+    assert_eq!(refused, (*a.local_peer_id(), rejection.clone()));
     engine_took_the_failure(&mut a).await;
 }
