@@ -14,13 +14,13 @@ use bb_libp2p::codec::proto::{Reason, Status};
 use bb_libp2p::codec::Ack;
 use bb_libp2p::{Behaviour, Config, Event, RejectKind};
 use common::models::{bb_swarm, bytes_value, compile, install, send_value, Ping};
-use common::{connect, listen, memory_swarm, raw_wire, run_for, until};
+use common::{connect, listen, memory_swarm, raw_wire, run_for, until, RawCodec};
 use futures::channel::mpsc;
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;
 use libp2p::request_response::OutboundFailure;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{request_response, PeerId};
+use libp2p::{request_response, PeerId, Swarm};
 use prost::Message;
 
 /// Counts live heap bytes and their high-water mark.
@@ -181,26 +181,7 @@ async fn bad_frames_get_typed_rejections_and_traffic_goes_on() {
         1,
         "the raw client stays connected"
     );
-    connect(&mut a, &mut b).await;
-    send_value(
-        a.behaviour_mut().node_mut(),
-        &targets[0],
-        dest,
-        b"still here",
-    );
-    let got = until(
-        &mut [&mut a, &mut b],
-        Duration::from_secs(10),
-        "delivery",
-        |i, e| match e {
-            SwarmEvent::Behaviour(Event::AppEvent { value_bytes, .. }) if i == 1 => {
-                Some(value_bytes)
-            }
-            _ => None,
-        },
-    )
-    .await;
-    assert_eq!(got, bytes_value(b"still here"));
+    still_delivers(&mut a, &mut b, &targets[0], b"still here").await;
 }
 
 /// Gap between the bytes of a trickled request.
@@ -218,20 +199,19 @@ impl request_response::Codec for TrickleCodec {
     type Request = Vec<u8>;
     type Response = Vec<u8>;
 
-    async fn read_request<T>(&mut self, _: &Self::Protocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    // Reads and answers as the plain raw codec does.
+    async fn read_request<T>(&mut self, p: &Self::Protocol, io: &mut T) -> std::io::Result<Vec<u8>>
     where
         T: futures::AsyncRead + Unpin + Send,
     {
-        let mut buf = Vec::new();
-        io.read_to_end(&mut buf).await?;
-        Ok(buf)
+        RawCodec.read_request(p, io).await
     }
 
     async fn read_response<T>(&mut self, p: &Self::Protocol, io: &mut T) -> std::io::Result<Vec<u8>>
     where
         T: futures::AsyncRead + Unpin + Send,
     {
-        self.read_request(p, io).await
+        RawCodec.read_response(p, io).await
     }
 
     async fn write_request<T>(
@@ -254,14 +234,14 @@ impl request_response::Codec for TrickleCodec {
 
     async fn write_response<T>(
         &mut self,
-        _: &Self::Protocol,
+        p: &Self::Protocol,
         io: &mut T,
         res: Vec<u8>,
     ) -> std::io::Result<()>
     where
         T: futures::AsyncWrite + Unpin + Send,
     {
-        io.write_all(&res).await
+        RawCodec.write_response(p, io, res).await
     }
 }
 
@@ -431,10 +411,22 @@ async fn a_trickling_client_is_refused_and_let_go_within_the_request_timeout() {
 
     // A real peer still delivers.
     let mut a = bb_swarm(&model, &[&targets[0]]);
-    connect(&mut a, &mut b).await;
-    send_value(a.behaviour_mut().node_mut(), &targets[0], dest, b"after");
+    still_delivers(&mut a, &mut b, &targets[0], b"after").await;
+}
+
+/// A real peer `a` (running Ping's `sender`) connects to `b` and delivers
+/// `payload` to it, byte-exactly.
+async fn still_delivers(
+    a: &mut Swarm<Behaviour>,
+    b: &mut Swarm<Behaviour>,
+    sender: &str,
+    payload: &[u8],
+) {
+    let dest = *b.local_peer_id();
+    connect(a, b).await;
+    send_value(a.behaviour_mut().node_mut(), sender, dest, payload);
     let got = until(
-        &mut [&mut a, &mut b],
+        &mut [a, b],
         Duration::from_secs(10),
         "delivery",
         |i, e| match e {
@@ -445,5 +437,5 @@ async fn a_trickling_client_is_refused_and_let_go_within_the_request_timeout() {
         },
     )
     .await;
-    assert_eq!(got, bytes_value(b"after"));
+    assert_eq!(got, bytes_value(payload));
 }
