@@ -32,6 +32,45 @@ pub(crate) const MAX_ADDRESSES_PER_PEER: usize = 8;
 /// longest ago is forgotten (the peer store's default capacity).
 pub(crate) const MAX_UNCONNECTED_PEERS: usize = 1000;
 
+/// Where [`PeerBook`] takes and releases its engine references: the engine's
+/// own `AddressBook` on the engine thread, or [`BookChanges`] on the swarm's
+/// task, which carries them there.
+pub(crate) trait EngineBook {
+    /// Takes one reference on `/p2p/<peer>`.
+    fn hold(&mut self, peer: PeerId) -> Result<(), AddressBookError>;
+    /// Releases the reference taken by [`EngineBook::hold`].
+    fn release(&mut self, peer: PeerId);
+}
+
+impl EngineBook for AddressBook {
+    fn hold(&mut self, peer: PeerId) -> Result<(), AddressBookError> {
+        // `add_peer` counts one more reference on an entry the engine
+        // already has, so releasing it later leaves the engine's own.
+        self.add_peer(to_engine_peer(&peer), vec![p2p_address(&peer)])
+    }
+
+    fn release(&mut self, peer: PeerId) {
+        // The engine may have dropped the entry itself; nothing to do.
+        let _ = self.drop_peer(to_engine_peer(&peer));
+    }
+}
+
+/// The references taken (`true`) and released (`false`) on the swarm's
+/// side, in order, for the engine thread to apply to its `AddressBook`.
+#[derive(Default)]
+pub(crate) struct BookChanges(pub(crate) Vec<(PeerId, bool)>);
+
+impl EngineBook for BookChanges {
+    fn hold(&mut self, peer: PeerId) -> Result<(), AddressBookError> {
+        self.0.push((peer, true));
+        Ok(())
+    }
+
+    fn release(&mut self, peer: PeerId) {
+        self.0.push((peer, false));
+    }
+}
+
 /// The peers the swarm can reach, and the engine references held for them.
 #[derive(Default)]
 pub(crate) struct PeerBook {
@@ -66,7 +105,7 @@ impl PeerBook {
     /// ephemeral port, not worth redialling).
     pub(crate) fn connected(
         &mut self,
-        book: &mut AddressBook,
+        book: &mut impl EngineBook,
         peer: PeerId,
         dialed: Option<&Multiaddr>,
     ) -> Result<(), AddressBookError> {
@@ -79,7 +118,7 @@ impl PeerBook {
     }
 
     /// A connection to `peer` closed; `remaining` are still established.
-    pub(crate) fn disconnected(&mut self, book: &mut AddressBook, peer: PeerId, remaining: usize) {
+    pub(crate) fn disconnected(&mut self, book: &mut impl EngineBook, peer: PeerId, remaining: usize) {
         if let Some(known) = self.peers.get_mut(&peer) {
             known.connections = remaining;
         }
@@ -90,7 +129,7 @@ impl PeerBook {
     /// already or names another peer.
     pub(crate) fn learn(
         &mut self,
-        book: &mut AddressBook,
+        book: &mut impl EngineBook,
         peer: PeerId,
         address: &Multiaddr,
     ) -> Result<bool, AddressBookError> {
@@ -117,7 +156,7 @@ impl PeerBook {
     /// Forgets one address of `peer`; `true` when it was known.
     pub(crate) fn forget(
         &mut self,
-        book: &mut AddressBook,
+        book: &mut impl EngineBook,
         peer: PeerId,
         address: &Multiaddr,
     ) -> bool {
@@ -136,7 +175,7 @@ impl PeerBook {
 
     /// Forgets every address of `peer`. Its entry goes once it has no
     /// connection either.
-    pub(crate) fn forget_peer(&mut self, book: &mut AddressBook, peer: PeerId) {
+    pub(crate) fn forget_peer(&mut self, book: &mut impl EngineBook, peer: PeerId) {
         if let Some(known) = self.peers.get_mut(&peer) {
             known.addresses.clear();
         }
@@ -186,12 +225,10 @@ impl PeerBook {
     }
 
     /// Takes the engine reference for `peer` (tracked already) if not held.
-    fn hold(&mut self, book: &mut AddressBook, peer: PeerId) -> Result<(), AddressBookError> {
+    fn hold(&mut self, book: &mut impl EngineBook, peer: PeerId) -> Result<(), AddressBookError> {
         let known = self.peers.get_mut(&peer).expect("tracked before holding");
         if !known.held {
-            // `add_peer` counts one more reference on an entry the engine
-            // already has, so releasing it later leaves the engine's own.
-            book.add_peer(to_engine_peer(&peer), vec![p2p_address(&peer)])?;
+            book.hold(peer)?;
             known.held = true;
         }
         Ok(())
@@ -199,7 +236,7 @@ impl PeerBook {
 
     /// Forgets the unconnected peer learned longest ago when there are too
     /// many.
-    fn make_room(&mut self, book: &mut AddressBook) {
+    fn make_room(&mut self, book: &mut impl EngineBook) {
         let unconnected = self.peers.values().filter(|k| k.connections == 0);
         if unconnected.count() < MAX_UNCONNECTED_PEERS {
             return;
@@ -215,13 +252,12 @@ impl PeerBook {
         }
     }
 
-    fn release_if_unreachable(&mut self, book: &mut AddressBook, peer: PeerId) {
+    fn release_if_unreachable(&mut self, book: &mut impl EngineBook, peer: PeerId) {
         if !self.peers.get(&peer).is_some_and(Known::is_empty) {
             return;
         }
         if self.peers.remove(&peer).is_some_and(|k| k.held) {
-            // The engine may have dropped the entry itself; nothing to do.
-            let _ = book.drop_peer(to_engine_peer(&peer));
+            book.release(peer);
         }
     }
 }

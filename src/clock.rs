@@ -7,19 +7,14 @@
 //! heap's `has_matured`, the parked ops' deadlines, the in-flight request
 //! table) and arms a single timer for it. An idle engine arms nothing.
 //!
-//! Moving the clock exposes a second 0.3.8 limitation, which
-//! [`disarm_deadline_gates`] covers: the compiler's `insert_async_deadlines`
-//! pass copies a node's `deadline_ns` (a relative budget: `wire.Send` reads
-//! the same attribute as its request's time to live) onto a `DeadlineCheck`
-//! gate, and the gate compares it with the engine's clock as an absolute
-//! time. With a real clock every gated Send fails with "deadline exceeded"
-//! once the Node has run for the budget (100 ms by default).
+//! Moving the clock exposes a second 0.3.8 limitation, covered by
+//! [`crate::compat::deadline_gates`].
 
 use std::collections::HashMap;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bb_runtime::engine::{Engine, GraphSlot};
+use bb_runtime::engine::Engine;
 use bb_runtime::framework::Scheduler;
 use futures::FutureExt;
 use futures_timer::Delay;
@@ -116,30 +111,6 @@ impl Clock {
     #[cfg(test)]
     pub(crate) fn is_armed(&self) -> bool {
         self.timer.is_some()
-    }
-}
-
-const SYSCALL_DOMAIN: &str = "ai.bytesandbrains.syscall";
-const DEADLINE_CHECK: &str = "DeadlineCheck";
-const DEADLINE_NS: &str = "deadline_ns";
-
-/// Lets every `DeadlineCheck` gate of `graph` pass, since each one holds a
-/// relative budget that the op reads as an absolute time (see the module
-/// docs). The budget still bounds the work it guards: `wire.Send` gives its
-/// request that time to live, and the engine's `WireTimeout` ends it.
-///
-/// `tests/clock.rs::upstream_deadline_gates_still_read_budgets_as_absolute`
-/// fails when upstream changes the gate, so this can be retired.
-pub(crate) fn disarm_deadline_gates(graph: &mut GraphSlot) {
-    let gates = graph
-        .function
-        .node
-        .iter_mut()
-        .filter(|n| n.domain == SYSCALL_DOMAIN && n.op_type == DEADLINE_CHECK);
-    for gate in gates {
-        for attr in gate.attribute.iter_mut().filter(|a| a.name == DEADLINE_NS) {
-            attr.i = i64::MAX;
-        }
     }
 }
 

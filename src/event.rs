@@ -7,9 +7,44 @@ use bb_runtime::engine::EngineStep;
 use bb_runtime::errors::BootstrapError;
 use bb_runtime::framework::BackoffCause;
 use libp2p::core::Endpoint;
-use libp2p::request_response::{InboundRequestId, OutboundRequestId};
 use libp2p::swarm::ConnectionId;
 use libp2p::PeerId;
+
+/// A value the engine published on a Module output
+/// (`EngineStep::AppEvent`), as [`NodeHandle::app_events`](crate::NodeHandle::app_events)
+/// yields it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppEvent {
+    /// The Module that emitted it.
+    pub module_name: String,
+    /// The output (or `AppEmit` topic) name.
+    pub topic: String,
+    /// The value in its wire encoding; empty for a marker-only event.
+    pub value_bytes: Vec<u8>,
+}
+
+impl AppEvent {
+    /// Takes the fields of an `EngineStep::AppEvent`; any other step gives
+    /// an empty event.
+    pub(crate) fn from_step(step: EngineStep) -> Self {
+        match step {
+            EngineStep::AppEvent {
+                module_name,
+                topic,
+                value_bytes,
+            } => Self {
+                module_name,
+                topic,
+                value_bytes,
+            },
+            _ => Self {
+                module_name: String::new(),
+                topic: String::new(),
+                value_bytes: Vec::new(),
+            },
+        }
+    }
+}
 
 /// An event of the [`Behaviour`](crate::Behaviour): the swarm's `ToSwarm`.
 #[derive(Debug)]
@@ -30,21 +65,18 @@ pub enum Event {
     EnvelopeAcknowledged {
         /// The destination peer.
         peer: PeerId,
-        /// The envelope's `WireCorrelation.wire_req_id` (0 when it had none).
-        wire_req_id: u64,
-        /// The request that carried it.
-        request_id: OutboundRequestId,
+        /// The envelope's `WireCorrelation.wire_req_id`, the id the engine
+        /// also names in its own steps about it; `None` when it had none.
+        wire_req_id: Option<u64>,
     },
     /// An outbound envelope was not delivered. The engine was told with
     /// `IngressEvent::SendFailed` carrying [`SendFailure::label`].
     SendFailed {
         /// The destination peer, when the envelope named one libp2p can use.
         peer: Option<PeerId>,
-        /// The envelope's `WireCorrelation.wire_req_id` (0 when it had none).
-        wire_req_id: u64,
-        /// The request that carried it; `None` when it failed before one was
-        /// opened.
-        request_id: Option<OutboundRequestId>,
+        /// The envelope's `WireCorrelation.wire_req_id`, the id the engine
+        /// also names in its own steps about it; `None` when it had none.
+        wire_req_id: Option<u64>,
         /// Why.
         reason: SendFailure,
     },
@@ -53,10 +85,9 @@ pub enum Event {
     InboundRejected {
         /// The authenticated peer that sent it.
         peer: PeerId,
-        /// The connection it came on.
-        connection_id: ConnectionId,
-        /// The inbound request.
-        request_id: InboundRequestId,
+        /// The connection it came on; `None` for an envelope handed in with
+        /// [`Behaviour::inject_envelope`](crate::Behaviour::inject_envelope).
+        connection_id: Option<ConnectionId>,
         /// Why.
         rejection: Rejection,
     },

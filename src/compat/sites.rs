@@ -83,7 +83,7 @@ fn local_only_suffix() -> Vec<u8> {
 }
 
 /// What a Node needs to send and receive data-plane values across Nodes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Sites {
     /// Portable id -> this Node's Recv payload site.
     inbound: HashMap<u64, NodeSiteId>,

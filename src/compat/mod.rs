@@ -1,0 +1,52 @@
+//! Every place this crate works around a bytesandbrains 0.3.8 limitation.
+//!
+//! Each item says which upstream behaviour it covers and names the canary
+//! test that fails once upstream changes, so the workaround can go.
+//!
+//! | workaround | covers | canary |
+//! |---|---|---|
+//! | [`sites`] | `wire.Send` leaves a data-plane fill's destination empty | `tests/data_plane.rs` |
+//! | [`deadline_gates`] | `DeadlineCheck` reads a relative budget as an absolute time | `tests/clock.rs::upstream_deadline_gates_still_read_budgets_as_absolute` |
+//! | [`contexts`] | `inbound_contexts` grows by one entry per value, for ever | `tests/overload.rs::a_receivers_engine_state_stays_bounded` |
+//! | [`restore`] | `Node::restore` strands the graphs it restores | `tests/restart.rs::upstream_restore_still_strands_new_work` |
+//! | [`fail_parked_op`] | `SendFailed` drops a request without failing the op parked on it | none: no 0.3.8 op parks on a wire request |
+
+pub(crate) mod contexts;
+pub(crate) mod deadline_gates;
+pub mod sites;
+
+use bb_runtime::errors::restore::RestoreError;
+use bb_runtime::ingress::IngressEvent;
+use bb_runtime::node::Node;
+use bb_runtime::snapshot::NodeSnapshot;
+
+/// Restores `snapshot` onto `node`, installed afresh from the same model
+/// and targets with the same identity.
+///
+/// bb-runtime 0.3.8's `Node::restore` reinstalls each of the snapshot's
+/// graphs numbered after the ones already installed, so their ops dispatch
+/// to no graph and every later `invoke` does nothing, without an error. The
+/// freshly installed graphs stand in for the snapshot's instead (executions
+/// that were part-way through a graph are not carried over).
+pub(crate) fn restore(node: &mut Node, mut snapshot: NodeSnapshot) -> Result<(), RestoreError> {
+    snapshot.graphs.clear();
+    node.restore(snapshot)
+}
+
+/// The event that fails the op parked on `wire_req_id`, if one is.
+///
+/// The engine 0.3.8 takes `SendFailed` by dropping the request from its
+/// in-flight table, and so never fails an op parked on it (it would only
+/// have on the request's expiry). Push this first.
+pub(crate) fn fail_parked_op(node: &mut Node, wire_req_id: u64, why: &str) -> Option<IngressEvent> {
+    let cmd_id = node
+        .engine_install_handle()
+        .framework
+        .request_tracker
+        .peek(wire_req_id)?
+        .parked_op?;
+    Some(IngressEvent::CompletionFailed {
+        cmd_id,
+        detail: format!("send failed: {why}"),
+    })
+}

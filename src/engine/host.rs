@@ -1,0 +1,420 @@
+//! The Node's side of the thread boundary: a task on an engine thread that
+//! owns the `!Send` Node, moves its clock, and trades envelopes and events
+//! with the swarm's task over two bounded lanes.
+//!
+//! Its loop, each time it is woken:
+//! 1. apply what the swarm's side sent (peer changes, health, failures);
+//! 2. run the handles' jobs on the Node;
+//! 3. hand the steps it holds to the swarm (or the application's event
+//!    stream); while they have no room, stop here: the Node is not polled
+//!    and its own bounded outbound queue takes the backpressure;
+//! 4. run engine cycles, a bounded number before it yields to the other
+//!    Nodes on the thread.
+//!
+//! The host stops, and drops the Node, when the swarm's side is dropped.
+
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bb_runtime::engine::EngineStep;
+use bb_runtime::envelope::{EnvelopeCaps, WireEnvelope};
+use bb_runtime::errors::SnapshotError;
+use bb_runtime::ids::PeerId as EnginePeerId;
+use bb_runtime::ingress::{IngressEvent, IngressQueueRef};
+use bb_runtime::node::Node;
+use bb_runtime::snapshot::NodeSnapshot;
+use futures::channel::mpsc;
+use futures::{SinkExt, StreamExt};
+use libp2p::PeerId;
+
+use super::lane::{Closed, LaneRx, LaneTx};
+use super::message::{FromEngine, HealthRecord, Policy, ToEngine};
+use crate::address_book::EngineBook;
+use crate::admission;
+use crate::clock::Clock;
+use crate::compat::{self, contexts::Pruner, deadline_gates, sites::Sites};
+use crate::event::AppEvent;
+use crate::peer::{p2p_address, to_libp2p_peer};
+
+/// Engine cycles one wake-up runs before it yields to the other Nodes on
+/// the thread (and schedules itself again).
+const CYCLES_PER_WAKE: usize = 32;
+
+/// Jobs one wake-up runs before it polls the Node.
+const JOBS_PER_WAKE: usize = 64;
+
+/// Work a handle runs on the host, on the engine thread.
+pub(crate) type Job = Box<dyn FnOnce(&mut Host) + Send>;
+
+/// What the swarm's side needs from the Node, read once on the engine
+/// thread when the host starts.
+pub(crate) struct Init {
+    pub(crate) local_peer: Option<PeerId>,
+    pub(crate) sites: Sites,
+    pub(crate) ingress: IngressQueueRef,
+    pub(crate) caps: EnvelopeCaps,
+}
+
+/// Counters read from other threads.
+#[derive(Debug, Default)]
+pub(crate) struct HostStats {
+    /// Times the host task was polled.
+    pub(crate) wakeups: AtomicU64,
+}
+
+/// The ends of the lanes and channels a host is built with.
+pub(crate) struct Links {
+    pub(crate) control: LaneRx<ToEngine>,
+    pub(crate) out: LaneTx<FromEngine>,
+    pub(crate) jobs: mpsc::Receiver<Job>,
+    pub(crate) stats: Arc<HostStats>,
+    pub(crate) emit_op_steps: bool,
+}
+
+/// A Node and its clock, on an engine thread.
+pub(crate) struct Host {
+    node: Node,
+    clock: Clock,
+    pruner: Pruner,
+    sites: Sites,
+    links: Links,
+    /// Where `AppEvent`s go instead of the swarm, once the application
+    /// asked for a stream.
+    app_events: Option<mpsc::Sender<AppEvent>>,
+    /// Steps for the swarm that found no room yet: at most one engine
+    /// cycle's worth, since the Node is not polled while any wait.
+    pending: VecDeque<FromEngine>,
+    /// Events the engine must not miss that found its ingress full; at most
+    /// one per envelope failure.
+    backlog: VecDeque<IngressEvent>,
+    /// What the swarm sent, drained in one lock.
+    received: VecDeque<ToEngine>,
+    /// The governor's lists last reported to the swarm.
+    policy_seen: (HashSet<EnginePeerId>, Option<HashSet<EnginePeerId>>),
+    clock_dirty: bool,
+}
+
+impl Host {
+    /// Prepares `node` for libp2p: the local `/p2p` address, the data-plane
+    /// bridge, the deadline gates, and its bootstrap.
+    pub(crate) fn new(mut node: Node, links: Links) -> (Self, Init) {
+        let mut pending = VecDeque::new();
+        let local_peer = match to_libp2p_peer(&node.peer_id()) {
+            Ok(peer) => {
+                if let Err(e) = node.add_local_address(p2p_address(&peer)) {
+                    tracing::warn!(%peer, "could not add the local /p2p address: {e:?}");
+                }
+                Some(peer)
+            }
+            Err(e) => {
+                tracing::warn!("the Node's PeerId is not the swarm's: {e}");
+                None
+            }
+        };
+        let mut sites = Sites::new();
+        let engine = node.engine_install_handle();
+        let names: Vec<String> = engine.graphs_named().map(|(n, _)| n.to_string()).collect();
+        for name in names {
+            if let Some(graph) = engine.graph_mut(&name) {
+                sites.bridge(&name, graph);
+                deadline_gates::disarm_deadline_gates(graph);
+            }
+        }
+        let clock = Clock::new(node.engine_install_handle());
+        let init = Init {
+            local_peer,
+            sites: sites.clone(),
+            ingress: node.ingress_handle(),
+            caps: node.config().envelope_caps,
+        };
+        let bootstrap = node.run_bootstrap(&[]);
+        let mut host = Self {
+            node,
+            clock,
+            pruner: Pruner::default(),
+            sites,
+            links,
+            app_events: None,
+            pending: VecDeque::new(),
+            backlog: VecDeque::new(),
+            received: VecDeque::new(),
+            policy_seen: (HashSet::new(), None),
+            clock_dirty: true,
+        };
+        host.check_policy();
+        match bootstrap {
+            Ok(steps) => steps.into_iter().for_each(|s| host.on_step(s)),
+            Err(error) => pending.push_back(FromEngine::BootstrapFailed(error)),
+        }
+        host.pending.extend(pending);
+        (host, init)
+    }
+
+    /// Runs `f` on the Node, then reports a changed block or allow list to
+    /// the swarm. A panic in `f` comes back as `Err`, for the caller to
+    /// resume.
+    pub(crate) fn with_node<R>(
+        &mut self,
+        f: impl FnOnce(&mut Node) -> R,
+    ) -> std::thread::Result<R> {
+        let result = catch_unwind(AssertUnwindSafe(|| f(&mut self.node)));
+        self.clock_dirty = true;
+        self.check_policy();
+        result
+    }
+
+    /// Sends `AppEvent`s to `sink` from now on instead of the swarm.
+    pub(crate) fn divert_app_events(&mut self, sink: mpsc::Sender<AppEvent>) {
+        self.app_events = Some(sink);
+    }
+
+    /// A snapshot with `unacknowledged` back in the engine's outbound
+    /// queue, so a Node restored from it sends them again. The running
+    /// Node's queue is left as it was.
+    pub(crate) fn snapshot(
+        &mut self,
+        unacknowledged: Vec<WireEnvelope>,
+    ) -> Result<NodeSnapshot, SnapshotError> {
+        let queue = &mut self.node.engine_install_handle().framework.outbound_queue;
+        let before = queue.drain_all();
+        for envelope in before.iter().cloned().chain(unacknowledged) {
+            queue.push(envelope);
+        }
+        let snapshot = self.node.snapshot();
+        let queue = &mut self.node.engine_install_handle().framework.outbound_queue;
+        queue.drain_all();
+        for envelope in before {
+            queue.push(envelope);
+        }
+        snapshot
+    }
+
+    /// Reports the governor's lists to the swarm when they changed.
+    fn check_policy(&mut self) {
+        let governor = &self
+            .node
+            .engine_install_handle()
+            .framework
+            .peer_state
+            .governor;
+        let lists = (governor.blocklist(), governor.allowlist());
+        if lists == (&self.policy_seen.0, self.policy_seen.1.as_ref()) {
+            // Most jobs invoke a Module and leave the lists as they were.
+            return;
+        }
+        self.policy_seen = (lists.0.clone(), lists.1.cloned());
+        let policy = Policy::of(governor);
+        self.pending.push_back(FromEngine::Policy(policy));
+    }
+
+    fn on_step(&mut self, step: EngineStep) {
+        match step {
+            EngineStep::SendEnvelope(mut envelope) => {
+                self.sites.outbound(&mut envelope);
+                if let Some(c) = envelope.correlation.as_ref().filter(|c| c.wire_req_id != 0) {
+                    let engine = self.node.engine_install_handle();
+                    self.clock.track_wire_request(engine, c.wire_req_id);
+                }
+                self.pending.push_back(FromEngine::Send(envelope));
+            }
+            EngineStep::OpCompleted { .. } | EngineStep::AsyncSuspended { .. }
+                if !self.links.emit_op_steps => {}
+            step => self.pending.push_back(FromEngine::Step(step)),
+        }
+    }
+
+    /// Applies what the swarm's side sent. `Err` once that side is gone.
+    fn take_control(&mut self, cx: &mut Context<'_>) -> Result<(), Closed> {
+        while let Poll::Ready(result) = self.links.control.poll_drain(cx, &mut self.received) {
+            result?;
+            self.clock.advance(self.node.engine_install_handle());
+            while let Some(message) = self.received.pop_front() {
+                self.apply(message);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, message: ToEngine) {
+        let engine = self.node.engine_install_handle();
+        match message {
+            ToEngine::Book(peer, hold) => {
+                let book = &mut engine.framework.address_book;
+                if !hold {
+                    book.release(peer);
+                } else if let Err(e) = book.hold(peer) {
+                    tracing::warn!(%peer, "engine AddressBook refused the peer: {e}");
+                }
+            }
+            ToEngine::Health(peer, HealthRecord::Failure) => {
+                admission::record_failure(engine, &peer);
+            }
+            ToEngine::Health(peer, HealthRecord::Success) => {
+                admission::record_success(engine, &peer);
+            }
+            ToEngine::Health(peer, HealthRecord::Advisory { wait_ns }) => {
+                admission::record_advisory(engine, &peer, wait_ns);
+            }
+            ToEngine::SendFailed {
+                wire_req_id,
+                peer,
+                label,
+                detail,
+            } => {
+                if let Some(event) = compat::fail_parked_op(&mut self.node, wire_req_id, &detail)
+                {
+                    self.tell_engine(event);
+                }
+                self.tell_engine(IngressEvent::SendFailed {
+                    wire_req_id,
+                    peer: peer.map(|p| p.to_bytes()).unwrap_or_default(),
+                    reason: label,
+                });
+            }
+        }
+    }
+
+    /// Pushes an event the engine must not miss, keeping order behind any
+    /// that are still waiting for room.
+    fn tell_engine(&mut self, event: IngressEvent) {
+        self.clock_dirty = true;
+        if self.backlog.is_empty() {
+            if let Err(event) = self.node.ingress_handle().push(event) {
+                self.backlog.push_back(event);
+            }
+        } else {
+            self.backlog.push_back(event);
+        }
+    }
+
+    fn flush_backlog(&mut self) {
+        if self.backlog.is_empty() {
+            return;
+        }
+        let ingress = self.node.ingress_handle();
+        while let Some(event) = self.backlog.pop_front() {
+            if let Err(event) = ingress.push(event) {
+                self.backlog.push_front(event);
+                break;
+            }
+        }
+    }
+
+    /// Runs the handles' jobs waiting now.
+    fn run_jobs(&mut self, cx: &mut Context<'_>) {
+        for _ in 0..JOBS_PER_WAKE {
+            match self.links.jobs.poll_next_unpin(cx) {
+                Poll::Ready(Some(job)) => job(self),
+                Poll::Ready(None) | Poll::Pending => return,
+            }
+        }
+        // More wait: come back after the Node has had its turn.
+        cx.waker().wake_by_ref();
+    }
+
+    /// Hands the held steps on. `Ready(Ok)` when none are left, `Pending`
+    /// while they wait for room (the host is woken when there is).
+    fn flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Closed>> {
+        loop {
+            let Some(first) = self.pending.front() else {
+                return Poll::Ready(Ok(()));
+            };
+            let to_app = matches!(first, FromEngine::Step(EngineStep::AppEvent { .. }));
+            let diverting = self.app_events.is_some();
+            match self.app_events.as_mut().filter(|_| to_app) {
+                Some(sink) => match sink.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        let Some(FromEngine::Step(step)) = self.pending.pop_front() else {
+                            unreachable!("matched above");
+                        };
+                        let _ = sink.start_send(AppEvent::from_step(step));
+                    }
+                    // The stream was dropped: back to the swarm.
+                    Poll::Ready(Err(_)) => self.app_events = None,
+                    Poll::Pending => return Poll::Pending,
+                },
+                None if diverting => {
+                    // One at a time, so an AppEvent behind it keeps its order.
+                    let step = self.pending.pop_front().expect("front exists");
+                    if let Err(full) = self.links.out.try_push(step) {
+                        self.pending.push_front(full.0);
+                        if self.links.out.is_closed() {
+                            return Poll::Ready(Err(Closed));
+                        }
+                        if self.links.out.poll_room(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                None => {
+                    self.links.out.push_from(&mut self.pending)?;
+                    if !self.pending.is_empty() && self.links.out.poll_room(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one engine cycle. `Ready` when it did work (or a timer came
+    /// due), `Pending` when the engine is idle and its wake-ups (ingress
+    /// waker, clock timer) are registered.
+    fn cycle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        // Consume a due timer; the cycle below acts on it.
+        let _ = self.clock.poll_due(cx);
+        self.clock.advance(self.node.engine_install_handle());
+        if let Poll::Ready(steps) = self.node.poll(cx) {
+            self.clock_dirty = true;
+            self.pruner.maybe_prune(self.node.engine_install_handle());
+            for step in steps {
+                self.on_step(step);
+            }
+            return Poll::Ready(());
+        }
+        if self.clock_dirty {
+            self.clock_dirty = false;
+            self.clock.rearm(self.node.engine_install_handle());
+        }
+        // A timer armed at least a millisecond ahead is ready only once that
+        // time has passed, so this runs at most once more per wake.
+        self.clock.poll_due(cx)
+    }
+}
+
+impl Future for Host {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        this.links.stats.wakeups.fetch_add(1, Ordering::Relaxed);
+        for _ in 0..CYCLES_PER_WAKE {
+            if this.take_control(cx).is_err() {
+                // The behaviour was dropped: stop, and drop the Node.
+                return Poll::Ready(());
+            }
+            this.run_jobs(cx);
+            match this.flush(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(Closed)) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+            this.flush_backlog();
+            if this.cycle(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        // A busy engine: let the thread's other Nodes run, then come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Sends `job` to the host behind `jobs`.
+pub(crate) async fn send_job(jobs: &mpsc::Sender<Job>, job: Job) -> Result<(), Closed> {
+    jobs.clone().send(job).await.map_err(|_| Closed)
+}

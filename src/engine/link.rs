@@ -1,0 +1,78 @@
+//! The swarm's ends of the lanes to the Node's engine thread.
+
+use std::collections::VecDeque;
+use std::task::{Context, Poll};
+
+use super::lane::{Closed, LaneRx, LaneTx};
+use super::message::{FromEngine, ToEngine};
+
+pub(crate) struct EngineLink {
+    control: LaneTx<ToEngine>,
+    /// Control messages that found the lane full. While any wait, no new
+    /// steps are taken from the engine, so at most one per envelope in
+    /// flight or queued and per peer change waits here.
+    waiting: VecDeque<ToEngine>,
+    steps: LaneRx<FromEngine>,
+    /// Steps taken from the lane in one batch, handed out one by one.
+    received: VecDeque<FromEngine>,
+    stopped: bool,
+}
+
+impl EngineLink {
+    pub(crate) fn new(control: LaneTx<ToEngine>, steps: LaneRx<FromEngine>) -> Self {
+        Self {
+            control,
+            waiting: VecDeque::new(),
+            steps,
+            received: VecDeque::new(),
+            stopped: false,
+        }
+    }
+
+    /// Sends `message` to the engine thread, or holds it until
+    /// [`EngineLink::poll`] finds room.
+    pub(crate) fn tell(&mut self, message: ToEngine) {
+        if !self.waiting.is_empty() {
+            return self.waiting.push_back(message);
+        }
+        if let Err(full) = self.control.try_push(message) {
+            if !self.stopped {
+                self.waiting.push_back(full.0);
+            }
+        }
+    }
+
+    /// The engine's next step. Hands on held control messages first.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<FromEngine> {
+        if !self.waiting.is_empty() {
+            if self.control.push_from(&mut self.waiting).is_err() {
+                self.waiting.clear();
+            } else if !self.waiting.is_empty() {
+                // Woken when the engine drains the lane.
+                let _ = self.control.poll_room(cx);
+            }
+        }
+        if let Some(step) = self.received.pop_front() {
+            return Poll::Ready(step);
+        }
+        if !self.waiting.is_empty() {
+            return Poll::Pending;
+        }
+        match self.steps.poll_drain(cx, &mut self.received) {
+            Poll::Ready(Ok(())) => Poll::Ready(self.received.pop_front().expect("drained some")),
+            Poll::Ready(Err(Closed)) => {
+                if !self.stopped {
+                    self.stopped = true;
+                    tracing::warn!("the Node's engine thread stopped; no more envelopes will go");
+                }
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Steps waiting on the lane and here.
+    pub(crate) fn backlog(&self) -> usize {
+        self.steps.len() + self.received.len()
+    }
+}

@@ -1,0 +1,126 @@
+//! Inbound envelopes: checked on the swarm's task and pushed straight into
+//! the Node's ingress queue, which is thread-safe and wakes the engine
+//! thread. The acknowledgement is decided here, without a round trip to the
+//! engine thread, and still means what it always meant: the engine's
+//! ingress took the envelope.
+
+use std::time::Duration;
+
+use bb_runtime::envelope::WireEnvelope;
+use prost::Message;
+use bb_runtime::framework::{backoff_notice_type_hash, BackoffCause, BackoffNoticePayload};
+use bb_runtime::ingress::{IngressEvent, IngressQueueRef};
+use libp2p::PeerId;
+
+use crate::compat::sites::Sites;
+use crate::event::{RejectKind, Rejection};
+use crate::health::Health;
+use crate::peer::{p2p_address, peer_of_address, to_engine_peer};
+use crate::stats::WireStats;
+
+/// The engine took an envelope that asks this Node to wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Advice {
+    pub(crate) retry_in: Duration,
+    pub(crate) cause: BackoffCause,
+}
+
+pub(crate) struct Inbound {
+    ingress: IngressQueueRef,
+    /// Events the ingress may hold before "busy".
+    max_ingress: usize,
+    sites: Sites,
+    stats: WireStats,
+}
+
+impl Inbound {
+    pub(crate) fn new(ingress: IngressQueueRef, max_ingress: usize, sites: Sites) -> Self {
+        Self {
+            ingress,
+            max_ingress,
+            sites,
+            stats: WireStats::default(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> &WireStats {
+        &self.stats
+    }
+
+    pub(crate) fn stats_mut(&mut self) -> &mut WireStats {
+        &mut self.stats
+    }
+
+    /// Hands a decoded envelope from `peer` to the engine, or says why not.
+    pub(crate) fn accept(
+        &mut self,
+        health: &Health,
+        peer: PeerId,
+        mut envelope: WireEnvelope,
+    ) -> Result<Option<Advice>, Rejection> {
+        self.stats.envelopes_received += 1;
+        self.stats.bytes_received += envelope.encoded_len() as u64;
+        // A request already on its way when the peer was denied (its
+        // connection is closing) must not reach the engine either.
+        if let Some(denial) = health.denial(&peer) {
+            return Err(Rejection::new(
+                RejectKind::Denied,
+                format!("peer {peer} denied: {denial}"),
+            ));
+        }
+        let advice = backoff_notice(&envelope).map(|notice| Advice {
+            retry_in: Duration::from_nanos(notice.min_backoff_ns),
+            cause: notice.cause(),
+        });
+        self.sites.inbound(&mut envelope).map_err(no_receiver)?;
+        // What the envelope claims of its sender is not evidence: the engine
+        // files claimed addresses under the sender in its AddressBook, so a
+        // claimed `/p2p/<other>` would route replies to another peer. Only
+        // the connection's identity stands.
+        envelope.src_peer_bytes = peer.to_bytes();
+        envelope
+            .src_peer_addresses
+            .retain(|a| peer_of_address(a) == Some(peer));
+        let event = IngressEvent::EnvelopeFrom {
+            src_peer: to_engine_peer(&peer),
+            envelope,
+            // The engine's Address can express only `/p2p/<peer>` of the
+            // connection's remote address.
+            src_observed_address: Some(p2p_address(&peer)),
+        };
+        if self.ingress.len() >= self.max_ingress {
+            return Err(self.busy());
+        }
+        self.ingress.push(event).map_err(|_| self.busy())?;
+        Ok(advice)
+    }
+
+    fn busy(&self) -> Rejection {
+        Rejection::new(
+            RejectKind::Busy,
+            format!(
+                "engine ingress full ({} of {} events)",
+                self.ingress.len(),
+                self.max_ingress.min(self.ingress.capacity())
+            ),
+        )
+    }
+}
+
+/// The engine's `BackoffNotice`, if `envelope` is one (the engine routes it by
+/// the type hash of its only fill).
+fn backoff_notice(envelope: &WireEnvelope) -> Option<BackoffNoticePayload> {
+    let fill = envelope.fills.first()?;
+    if fill.type_hash != backoff_notice_type_hash() {
+        return None;
+    }
+    BackoffNoticePayload::decode(&fill.payload)
+}
+
+/// The refusal of a fill for a port this Node receives nothing on.
+fn no_receiver(site: u64) -> Rejection {
+    Rejection::new(
+        RejectKind::NoReceiver,
+        format!("no graph on this Node receives portable site {site:#x}"),
+    )
+}

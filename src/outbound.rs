@@ -1,0 +1,416 @@
+//! Outbound envelopes: the in-flight table with its bounds, the queue of
+//! envelopes waiting for room or for a busy peer, the retries after a busy
+//! answer, and deadlines on the wire.
+//!
+//! [`Outbound`] owns that state and reports each envelope's end as an
+//! [`Outcome`] from [`Outbound::poll`]; the behaviour turns outcomes into
+//! events and health records.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bb_runtime::envelope::WireEnvelope;
+use prost::Message;
+use futures::FutureExt;
+use futures_timer::Delay;
+use libp2p::request_response::{self, OutboundFailure, OutboundRequestId};
+use libp2p::PeerId;
+
+use crate::ack;
+use crate::address_book::PeerBook;
+use crate::codec::{Ack, Codec, Request};
+use crate::event::{RejectKind, Rejection, SendFailure};
+use crate::health::Health;
+use crate::outbox::{Outbox, Outgoing};
+use crate::stats::WireStats;
+use crate::Config;
+
+/// How often an envelope a peer refuses as busy is sent again before it
+/// fails, the waits doubling from [`BUSY_WAIT`].
+const MAX_BUSY_ANSWERS: u32 = 5;
+
+/// The first wait after a peer answers busy: 10, 20, 40, 80, 160 ms, in all
+/// about the time a full engine ingress takes to drain.
+const BUSY_WAIT: Duration = Duration::from_millis(10);
+
+/// How an envelope's journey ended, or paused.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The peer's engine took it.
+    Acknowledged { peer: PeerId, wire_req_id: u64 },
+    /// It will not be delivered.
+    Failed {
+        peer: Option<PeerId>,
+        wire_req_id: u64,
+        reason: SendFailure,
+    },
+    /// The peer answered busy: the envelope waits `retry_in` and goes again.
+    Busy { peer: PeerId, retry_in: Duration },
+}
+
+/// What the outbound side reads and uses of the rest of the behaviour.
+pub(crate) struct Link<'a> {
+    pub(crate) inner: &'a mut request_response::Behaviour<Codec>,
+    pub(crate) health: &'a Health,
+    pub(crate) peers: &'a PeerBook,
+    pub(crate) stats: &'a mut WireStats,
+}
+
+pub(crate) struct Outbound {
+    /// Envelopes awaiting their acknowledgement, kept for a retry when the
+    /// peer is busy and for a snapshot.
+    in_flight: HashMap<OutboundRequestId, Outgoing>,
+    max_in_flight: usize,
+    /// Envelopes in flight per peer, and the bound on them: half the
+    /// connection's stream limit, leaving the other half for the peer's
+    /// envelopes to this Node (request-response refuses streams past it).
+    per_peer: HashMap<PeerId, usize>,
+    max_per_peer: usize,
+    max_envelope_bytes: usize,
+    /// Envelopes waiting for room or for a busy peer.
+    outbox: Outbox,
+    /// The outbox may hold envelopes that can go now.
+    outbox_changed: bool,
+    /// Fires when the earliest busy peer's wait ends.
+    outbox_timer: Option<Delay>,
+    /// In-flight requests whose envelope's budget ends before the request
+    /// timeout: when, which, the budget.
+    deadlines: BinaryHeap<Reverse<(Instant, OutboundRequestId, Duration)>>,
+    deadline_timer: Option<Delay>,
+    /// Budgets shorter than this bound the wire; zero when wire deadlines
+    /// are off.
+    deadline_bound: Duration,
+    outcomes: VecDeque<Outcome>,
+}
+
+impl Outbound {
+    pub(crate) fn new(config: &Config, max_envelope_bytes: usize) -> Self {
+        Self {
+            in_flight: HashMap::new(),
+            max_in_flight: config.max_envelopes_in_flight(),
+            per_peer: HashMap::new(),
+            max_per_peer: (config.max_concurrent_streams() / 2).max(1),
+            max_envelope_bytes,
+            outbox: Outbox::new(config.max_queued_envelopes()),
+            outbox_changed: false,
+            outbox_timer: None,
+            deadlines: BinaryHeap::new(),
+            deadline_timer: None,
+            deadline_bound: if config.wire_deadlines() {
+                config.request_timeout()
+            } else {
+                Duration::ZERO
+            },
+            outcomes: VecDeque::new(),
+        }
+    }
+
+    /// Envelopes on the wire.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Envelopes waiting to go.
+    pub(crate) fn queued(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Every envelope not acknowledged yet, on the wire or waiting.
+    pub(crate) fn unacknowledged(&self) -> impl Iterator<Item = &WireEnvelope> {
+        self.in_flight
+            .values()
+            .chain(self.outbox.iter())
+            .map(|o| o.envelope.as_ref())
+    }
+
+    /// Sends `envelope` to `peer` now, or queues it.
+    pub(crate) fn send(&mut self, link: &mut Link<'_>, peer: PeerId, envelope: WireEnvelope) {
+        let wire_req_id = envelope.correlation.as_ref().map_or(0, |c| c.wire_req_id);
+        let fail = |reason| Outcome::Failed {
+            peer: Some(peer),
+            wire_req_id,
+            reason,
+        };
+        if let Some(denial) = link.health.denial(&peer) {
+            return self.outcomes.push_back(fail(SendFailure::Denied(denial)));
+        }
+        if !link.peers.is_connected(&peer) {
+            if let Some(retry_in) = link.health.cooldown(&peer) {
+                return self
+                    .outcomes
+                    .push_back(fail(SendFailure::Backoff { retry_in }));
+            }
+        }
+        let size = envelope.encoded_len();
+        if size > self.max_envelope_bytes {
+            let cap = self.max_envelope_bytes;
+            return self
+                .outcomes
+                .push_back(fail(SendFailure::Oversize { size, cap }));
+        }
+        let outgoing = Outgoing {
+            peer,
+            wire_req_id,
+            envelope: Arc::new(envelope),
+            busy_answers: 0,
+            since: Instant::now(),
+        };
+        let waiting = link.peers.is_connected(&peer) && link.health.cooldown(&peer).is_some();
+        if self.in_flight.len() < self.max_in_flight && self.peer_room(&peer) > 0 && !waiting {
+            self.transmit(link, outgoing);
+        } else {
+            self.queue(outgoing, false);
+        }
+    }
+
+    /// The peer answered the request.
+    pub(crate) fn on_response(&mut self, request_id: OutboundRequestId, answer: &Ack) {
+        let Some(outgoing) = self.settle(&request_id) else {
+            return;
+        };
+        let (peer, wire_req_id) = (outgoing.peer, outgoing.wire_req_id);
+        match ack::verdict(answer) {
+            Ok(()) => self
+                .outcomes
+                .push_back(Outcome::Acknowledged { peer, wire_req_id }),
+            Err(
+                reason @ SendFailure::Rejected(Rejection {
+                    kind: RejectKind::Busy,
+                    ..
+                }),
+            ) => self.retry_when_not_busy(outgoing, reason),
+            Err(reason) => self.outcomes.push_back(Outcome::Failed {
+                peer: Some(peer),
+                wire_req_id,
+                reason,
+            }),
+        }
+    }
+
+    /// The request failed without an answer.
+    pub(crate) fn on_failure(&mut self, request_id: OutboundRequestId, error: OutboundFailure) {
+        let Some(outgoing) = self.settle(&request_id) else {
+            return;
+        };
+        let reason = match error {
+            OutboundFailure::DialFailure => SendFailure::DialFailure,
+            OutboundFailure::Timeout => SendFailure::Timeout,
+            OutboundFailure::ConnectionClosed => SendFailure::ConnectionClosed,
+            OutboundFailure::UnsupportedProtocols => SendFailure::UnsupportedProtocol,
+            OutboundFailure::Io(e) => SendFailure::Io(e.to_string()),
+        };
+        self.outcomes.push_back(Outcome::Failed {
+            peer: Some(outgoing.peer),
+            wire_req_id: outgoing.wire_req_id,
+            reason,
+        });
+    }
+
+    /// The next outcome; otherwise fails expired envelopes and sends what
+    /// may go now. `Pending` when nothing happened (timers registered).
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, link: &mut Link<'_>) -> Poll<Outcome> {
+        if let Some(outcome) = self.outcomes.pop_front() {
+            return Poll::Ready(outcome);
+        }
+        self.expire_deadlines(cx);
+        self.release(cx, link);
+        match self.outcomes.pop_front() {
+            Some(outcome) => Poll::Ready(outcome),
+            None => Poll::Pending,
+        }
+    }
+
+    /// How many more envelopes `peer` may have in flight.
+    fn peer_room(&self, peer: &PeerId) -> usize {
+        let used = self.per_peer.get(peer).copied().unwrap_or(0);
+        self.max_per_peer.saturating_sub(used)
+    }
+
+    /// Takes a request out of the in-flight table.
+    fn settle(&mut self, request_id: &OutboundRequestId) -> Option<Outgoing> {
+        let outgoing = self.in_flight.remove(request_id)?;
+        if let Some(n) = self.per_peer.get_mut(&outgoing.peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(&outgoing.peer);
+            }
+        }
+        self.outbox_changed = true;
+        Some(outgoing)
+    }
+
+    fn queue(&mut self, outgoing: Outgoing, retry: bool) {
+        let evicted = if retry {
+            self.outbox.push_front(outgoing)
+        } else {
+            self.outbox.push(outgoing)
+        };
+        self.outbox_changed = true;
+        if let Some(dropped) = evicted {
+            let queued = self.outbox.len();
+            self.outcomes.push_back(Outcome::Failed {
+                peer: Some(dropped.peer),
+                wire_req_id: dropped.wire_req_id,
+                reason: SendFailure::QueueFull { queued },
+            });
+        }
+    }
+
+    /// Puts an envelope on the wire, charging the time it waited here
+    /// against its deadline.
+    fn transmit(&mut self, link: &mut Link<'_>, mut outgoing: Outgoing) {
+        let fail = |reason| Outcome::Failed {
+            peer: Some(outgoing.peer),
+            wire_req_id: outgoing.wire_req_id,
+            reason,
+        };
+        // Denied while it waited in the queue.
+        if let Some(denial) = link.health.denial(&outgoing.peer) {
+            return self.outcomes.push_back(fail(SendFailure::Denied(denial)));
+        }
+        let waited = outgoing.since.elapsed().as_nanos() as u64;
+        let remaining = outgoing.envelope.remaining_deadline_ns;
+        if remaining > 0 && waited > 0 {
+            if waited >= remaining {
+                let budget = Duration::from_nanos(remaining);
+                return self
+                    .outcomes
+                    .push_back(fail(SendFailure::DeadlineExceeded { budget }));
+            }
+            // The request of an earlier attempt is done with it: no copy.
+            Arc::make_mut(&mut outgoing.envelope).remaining_deadline_ns -= waited;
+        }
+        let envelope = &outgoing.envelope;
+        outgoing.since = Instant::now();
+        let (peer, size) = (outgoing.peer, envelope.encoded_len());
+        tracing::debug!(%peer, wire_req_id = outgoing.wire_req_id, size, "sending envelope");
+        link.stats.envelopes_sent += 1;
+        link.stats.bytes_sent += size as u64;
+        let budget = Duration::from_nanos(envelope.remaining_deadline_ns);
+        let request_id = link
+            .inner
+            .send_request(&peer, Request::Envelope(Arc::clone(envelope)));
+        *self.per_peer.entry(peer).or_default() += 1;
+        self.in_flight.insert(request_id, outgoing);
+        // The envelope's own budget bounds how long it may take on the wire.
+        if !budget.is_zero() && budget < self.deadline_bound {
+            let at = Instant::now() + budget;
+            if self
+                .deadlines
+                .peek()
+                .is_none_or(|Reverse((first, ..))| at < *first)
+            {
+                self.deadline_timer = None;
+            }
+            self.deadlines.push(Reverse((at, request_id, budget)));
+        }
+    }
+
+    /// Fails in-flight envelopes whose deadline budget has run out; their
+    /// late acknowledgements are ignored.
+    fn expire_deadlines(&mut self, cx: &mut Context<'_>) {
+        loop {
+            if let Some(timer) = self.deadline_timer.as_mut() {
+                if timer.poll_unpin(cx).is_pending() {
+                    return;
+                }
+                self.deadline_timer = None;
+            }
+            let now = Instant::now();
+            while let Some(Reverse((at, request_id, budget))) = self.deadlines.peek().copied() {
+                if at > now {
+                    break;
+                }
+                self.deadlines.pop();
+                if let Some(outgoing) = self.settle(&request_id) {
+                    self.outcomes.push_back(Outcome::Failed {
+                        peer: Some(outgoing.peer),
+                        wire_req_id: outgoing.wire_req_id,
+                        reason: SendFailure::DeadlineExceeded { budget },
+                    });
+                }
+            }
+            let Some(Reverse((at, ..))) = self.deadlines.peek() else {
+                return;
+            };
+            self.deadline_timer = Some(Delay::new(at.saturating_duration_since(now)));
+        }
+    }
+
+    /// Sends what waited and may go now; arms the timer for the earliest
+    /// busy peer's wait.
+    fn release(&mut self, cx: &mut Context<'_>, link: &mut Link<'_>) {
+        if let Some(timer) = self.outbox_timer.as_mut() {
+            if timer.poll_unpin(cx).is_ready() {
+                self.outbox_timer = None;
+                self.outbox_changed = true;
+            }
+        }
+        if !std::mem::take(&mut self.outbox_changed) {
+            return;
+        }
+        if self.outbox.is_empty() {
+            self.outbox_timer = None;
+            return;
+        }
+        let mut waits: HashMap<PeerId, bool> = HashMap::new();
+        // An envelope can fail as it goes (its deadline passed while it
+        // waited), leaving room for the next: go on until none moves.
+        loop {
+            let room = self.max_in_flight.saturating_sub(self.in_flight.len());
+            let mut taking: HashMap<PeerId, usize> = HashMap::new();
+            let (per_peer, cap) = (&self.per_peer, self.max_per_peer);
+            let ready = self.outbox.take_ready(room, |p| {
+                let waiting = *waits.entry(*p).or_insert_with(|| {
+                    link.peers.is_connected(p) && link.health.cooldown(p).is_some()
+                });
+                let n = taking
+                    .entry(*p)
+                    .or_insert_with(|| per_peer.get(p).copied().unwrap_or(0));
+                if waiting || *n >= cap {
+                    return false;
+                }
+                *n += 1;
+                true
+            });
+            if ready.is_empty() {
+                break;
+            }
+            for outgoing in ready {
+                self.transmit(link, outgoing);
+            }
+        }
+        let next = self
+            .outbox
+            .peers()
+            .filter_map(|p| link.health.cooldown(p))
+            .min();
+        self.outbox_timer = next.map(|wait| {
+            let mut timer = Delay::new(wait.max(Duration::from_millis(1)));
+            // Register the waker now; the timer cannot be ready yet.
+            let _ = timer.poll_unpin(cx);
+            timer
+        });
+    }
+
+    /// The peer refused `outgoing` because its engine's ingress was full:
+    /// wait, then send it again, a few times before giving up.
+    fn retry_when_not_busy(&mut self, mut outgoing: Outgoing, reason: SendFailure) {
+        if outgoing.busy_answers >= MAX_BUSY_ANSWERS {
+            return self.outcomes.push_back(Outcome::Failed {
+                peer: Some(outgoing.peer),
+                wire_req_id: outgoing.wire_req_id,
+                reason,
+            });
+        }
+        outgoing.busy_answers += 1;
+        let retry_in = BUSY_WAIT * 2u32.pow(outgoing.busy_answers - 1);
+        let peer = outgoing.peer;
+        tracing::debug!(%peer, ?retry_in, "peer busy; holding its envelopes");
+        self.queue(outgoing, true);
+        self.outcomes.push_back(Outcome::Busy { peer, retry_in });
+    }
+}
