@@ -1,5 +1,7 @@
-//! Test harness: `!Send` swarms on libp2p's in-memory transport, driven
-//! together on the test's one task.
+//! The one test support: swarms on libp2p's in-memory transport driven
+//! together on the test's task, waiters, models, a counting allocator, and
+//! ways to hold a Node's engine thread busy. Tests, benches and the fuzz
+//! target share it.
 #![allow(dead_code)]
 
 use std::future::poll_fn;
@@ -107,6 +109,68 @@ pub async fn connect<B: NetworkBehaviour>(a: &mut Swarm<B>, b: &mut Swarm<B>) {
     .await;
 }
 
+/// Runs `f` on the Node of `swarm`'s behaviour, on its engine thread, and
+/// returns what it returns.
+pub fn on_node<R: Send + 'static>(
+    swarm: &Swarm<bb_libp2p::Behaviour>,
+    f: impl FnOnce(&mut bb_libp2p::Node) -> R + Send + 'static,
+) -> R {
+    swarm
+        .behaviour()
+        .handle()
+        .with_node_blocking(f)
+        .expect("the Node runs")
+}
+
+/// Keeps a Node's engine thread busy until dropped: the Node takes nothing
+/// from its ingress meanwhile, as a Node deep in a computation would.
+pub struct EngineHeld(Option<std::sync::mpsc::Sender<()>>);
+
+/// Holds the engine thread of the Node behind `handle` (see [`EngineHeld`]).
+/// Returns once the engine is held.
+pub fn hold_engine(handle: &bb_libp2p::NodeHandle) -> EngineHeld {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (held, is_held) = std::sync::mpsc::channel::<()>();
+    let handle = handle.clone();
+    std::thread::spawn(move || {
+        let _ = handle.with_node_blocking(move |_| {
+            let _ = held.send(());
+            let _ = released.recv();
+        });
+    });
+    is_held.recv().expect("the engine thread runs the hold");
+    EngineHeld(Some(release))
+}
+
+impl Drop for EngineHeld {
+    fn drop(&mut self) {
+        self.0.take();
+    }
+}
+
+/// Waits until swarm `i` of `swarms` reports an `AppEvent` carrying
+/// `value`, failing on any `SendFailed`.
+pub async fn until_value(
+    swarms: &mut [&mut Swarm<bb_libp2p::Behaviour>],
+    i: usize,
+    value: &[u8],
+    timeout: Duration,
+) {
+    until(swarms, timeout, "the value", |j, e| match e {
+        SwarmEvent::Behaviour(bb_libp2p::Event::AppEvent { value_bytes, .. })
+            if j == i && value_bytes == value =>
+        {
+            Some(())
+        }
+        SwarmEvent::Behaviour(bb_libp2p::Event::SendFailed { reason, .. }) => {
+            panic!("send failed: {reason}")
+        }
+        _ => None,
+    })
+    .await
+}
+
+pub mod alloc;
 pub mod models;
 #[path = "../../examples/federated/registry.rs"]
 pub mod registry;

@@ -112,25 +112,64 @@ pub fn compile(module: impl Module) -> (ModelProto, Vec<String>) {
     (model, targets)
 }
 
+/// A behaviour whose Node, built on its engine thread, runs `targets` of
+/// `model` with the identity of `key`.
+pub fn bb_behaviour(
+    key: &Keypair,
+    model: &ModelProto,
+    targets: &[&str],
+    config: bb_libp2p::Config,
+) -> bb_libp2p::Behaviour {
+    let (key, model) = (key.clone(), model.clone());
+    let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+    bb_libp2p::Behaviour::new(
+        move || {
+            let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+            Ok::<_, std::convert::Infallible>(install(&key, &model, &targets))
+        },
+        config,
+    )
+    .expect("the Node starts")
+}
+
 /// A memory-transport swarm whose behaviour runs `targets` of `model` on a
 /// Node with a fresh identity.
 pub fn bb_swarm(model: &ModelProto, targets: &[&str]) -> libp2p::Swarm<bb_libp2p::Behaviour> {
+    bb_swarm_with(model, targets, bb_libp2p::Config::default())
+}
+
+/// [`bb_swarm`] with `config`.
+pub fn bb_swarm_with(
+    model: &ModelProto,
+    targets: &[&str],
+    config: bb_libp2p::Config,
+) -> libp2p::Swarm<bb_libp2p::Behaviour> {
     let key = Keypair::generate_ed25519();
-    let node = install(&key, model, targets);
-    super::memory_swarm(
-        key,
-        bb_libp2p::Behaviour::new(node, bb_libp2p::Config::default()),
-    )
+    let behaviour = bb_behaviour(&key, model, targets, config);
+    super::memory_swarm(key, behaviour)
 }
 
 /// Invokes a sending `target` (Ping's or RoundTrip's first) on `node`:
 /// `payload` goes to `dest`. Returns the encoded value the receiver sees.
-pub fn send_value(node: &mut Node, target: &str, dest: libp2p::PeerId, payload: &[u8]) -> Vec<u8> {
+pub fn invoke_send(node: &mut Node, target: &str, dest: libp2p::PeerId, payload: &[u8]) -> Vec<u8> {
     let peers = peers_value(&[dest]);
     let x = bytes_value(payload);
     node.invoke(target, &[("peers", &peers), ("x", &x)])
         .expect("invoke");
     x
+}
+
+/// [`invoke_send`] on the Node behind `handle`, from the calling thread.
+pub fn send_value(
+    handle: &bb_libp2p::NodeHandle,
+    target: &str,
+    dest: libp2p::PeerId,
+    payload: &[u8],
+) -> Vec<u8> {
+    let (target, payload) = (target.to_string(), payload.to_vec());
+    handle
+        .with_node_blocking(move |node| invoke_send(node, &target, dest, &payload))
+        .expect("the Node runs")
 }
 
 /// The wire encoding of a bytes value, as `invoke` takes it and `AppEvent`
