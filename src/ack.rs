@@ -91,7 +91,10 @@ mod tests {
         let stream = rejected(&Rejection::new(RejectKind::Stream, "x".into()));
         assert!(matches!(
             verdict(&stream),
-            Err(SendFailure::Rejected(Rejection { kind: RejectKind::Unknown, .. }))
+            Err(SendFailure::Rejected(Rejection {
+                kind: RejectKind::Unknown,
+                ..
+            }))
         ));
     }
 }

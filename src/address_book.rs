@@ -118,7 +118,12 @@ impl PeerBook {
     }
 
     /// A connection to `peer` closed; `remaining` are still established.
-    pub(crate) fn disconnected(&mut self, book: &mut impl EngineBook, peer: PeerId, remaining: usize) {
+    pub(crate) fn disconnected(
+        &mut self,
+        book: &mut impl EngineBook,
+        peer: PeerId,
+        remaining: usize,
+    ) {
         if let Some(known) = self.peers.get_mut(&peer) {
             known.connections = remaining;
         }

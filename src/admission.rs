@@ -83,5 +83,10 @@ pub(crate) fn record_success(engine: &mut Engine, peer: &PeerId) {
 /// [`advisory`] in the engine's own tables, at the engine's time.
 pub(crate) fn record_advisory(engine: &mut Engine, peer: &PeerId, wait_ns: u64) {
     let now_ns = engine.framework.scheduler.now_ns();
-    advisory(&mut engine.framework.peer_state.backoff, peer, now_ns, wait_ns);
+    advisory(
+        &mut engine.framework.peer_state.backoff,
+        peer,
+        now_ns,
+        wait_ns,
+    );
 }

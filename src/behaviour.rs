@@ -144,7 +144,11 @@ impl Behaviour {
 
     /// [`Behaviour::new`] on a thread of `pool`, shared with other Nodes:
     /// a thousand Nodes in one process need a few threads, not a thousand.
-    pub fn with_pool<F, E>(pool: &EnginePool, make_node: F, config: Config) -> Result<Self, StartError>
+    pub fn with_pool<F, E>(
+        pool: &EnginePool,
+        make_node: F,
+        config: Config,
+    ) -> Result<Self, StartError>
     where
         F: FnOnce() -> Result<Node, E> + Send + 'static,
         E: Into<Box<dyn Error + Send + Sync>>,
@@ -184,7 +188,13 @@ impl Behaviour {
         pool.start(start).map_err(|_| StartError::EngineStopped)?;
         // Quick: the closure installs and the host reads a few fields.
         let init = block_on(init_rx).map_err(|_| StartError::EngineStopped)??;
-        Ok(Self::wire_up(init, config, jobs, stats, EngineLink::new(control, steps)))
+        Ok(Self::wire_up(
+            init,
+            config,
+            jobs,
+            stats,
+            EngineLink::new(control, steps),
+        ))
     }
 
     fn wire_up(
@@ -290,7 +300,11 @@ impl Behaviour {
     /// relay of the application's, a test), exactly as one read from the
     /// wire: the same policy, routing and ingress checks apply, and the
     /// refusal the peer would have been acknowledged with is returned.
-    pub fn inject_envelope(&mut self, peer: PeerId, envelope: WireEnvelope) -> Result<(), Rejection> {
+    pub fn inject_envelope(
+        &mut self,
+        peer: PeerId,
+        envelope: WireEnvelope,
+    ) -> Result<(), Rejection> {
         self.accept(peer, envelope)
     }
 
@@ -337,9 +351,10 @@ impl Behaviour {
     /// returned future completes once the engine thread has taken the
     /// snapshot, and needs no polling of the swarm. The running Node is left
     /// as it was.
-    pub fn snapshot(&self) -> impl Future<Output = Result<NodeSnapshot, SnapshotFailed>> + Send + 'static {
-        let unacknowledged: Vec<WireEnvelope> =
-            self.outbound.unacknowledged().cloned().collect();
+    pub fn snapshot(
+        &self,
+    ) -> impl Future<Output = Result<NodeSnapshot, SnapshotFailed>> + Send + 'static {
+        let unacknowledged: Vec<WireEnvelope> = self.outbound.unacknowledged().cloned().collect();
         let jobs = self.handle.jobs.clone();
         async move {
             let (tx, rx) = oneshot::channel();
@@ -431,7 +446,8 @@ impl Behaviour {
             Outcome::Acknowledged { peer, wire_req_id } => {
                 let (recorded, transition) = self.health.answered(peer);
                 if recorded {
-                    self.engine.tell(ToEngine::Health(peer, HealthRecord::Success));
+                    self.engine
+                        .tell(ToEngine::Health(peer, HealthRecord::Success));
                 }
                 self.report_transition(peer, transition);
                 self.report(Event::EnvelopeAcknowledged {
@@ -471,7 +487,8 @@ impl Behaviour {
         tracing::debug!(?peer, wire_req_id, %reason, "envelope not delivered");
         if let Some(peer) = peer.filter(|_| reason.is_unreachable()) {
             let transition = self.health.failed(peer);
-            self.engine.tell(ToEngine::Health(peer, HealthRecord::Failure));
+            self.engine
+                .tell(ToEngine::Health(peer, HealthRecord::Failure));
             self.report_transition(peer, transition);
         }
         self.engine.tell(ToEngine::SendFailed {

@@ -7,10 +7,10 @@
 use std::time::Duration;
 
 use bb_runtime::envelope::WireEnvelope;
-use prost::Message;
 use bb_runtime::framework::{backoff_notice_type_hash, BackoffCause, BackoffNoticePayload};
 use bb_runtime::ingress::{IngressEvent, IngressQueueRef};
 use libp2p::PeerId;
+use prost::Message;
 
 use crate::compat::sites::Sites;
 use crate::event::{RejectKind, Rejection};

@@ -13,11 +13,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bb_runtime::envelope::WireEnvelope;
-use prost::Message;
 use futures::FutureExt;
 use futures_timer::Delay;
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId};
 use libp2p::PeerId;
+use prost::Message;
 
 use crate::ack;
 use crate::address_book::PeerBook;

@@ -32,4 +32,3 @@ pub(crate) fn disarm_deadline_gates(graph: &mut GraphSlot) {
         }
     }
 }
-

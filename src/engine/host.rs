@@ -266,8 +266,7 @@ impl Host {
                 label,
                 detail,
             } => {
-                if let Some(event) = compat::fail_parked_op(&mut self.node, wire_req_id, &detail)
-                {
+                if let Some(event) = compat::fail_parked_op(&mut self.node, wire_req_id, &detail) {
                     self.tell_engine(event);
                 }
                 self.tell_engine(IngressEvent::SendFailed {

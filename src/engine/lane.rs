@@ -75,7 +75,9 @@ impl<T> LaneTx<T> {
             let room = self.0.cap.saturating_sub(state.queue.len());
             let n = room.min(items.len());
             state.queue.extend(items.drain(..n));
-            (was_empty && n > 0).then(|| state.consumer.take()).flatten()
+            (was_empty && n > 0)
+                .then(|| state.consumer.take())
+                .flatten()
         };
         if let Some(waker) = waker {
             waker.wake();

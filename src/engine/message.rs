@@ -37,7 +37,9 @@ pub(crate) enum HealthRecord {
     Failure,
     Success,
     /// The peer asked for a wait (it answered busy).
-    Advisory { wait_ns: u64 },
+    Advisory {
+        wait_ns: u64,
+    },
 }
 
 /// From the Node to the swarm's side.

@@ -54,8 +54,14 @@ impl EnginePool {
     /// Starts `threads` engine threads (at least one), named
     /// `bb-engine-<n>`.
     pub fn new(threads: usize) -> io::Result<Self> {
+        Self::named(threads, "bb-engine")
+    }
+
+    /// [`EnginePool::new`] with threads named `<name>-<n>`, to tell pools
+    /// apart in a debugger or `top` (Linux shows the first 15 bytes).
+    pub fn named(threads: usize, name: &str) -> io::Result<Self> {
         let workers = (0..threads.max(1))
-            .map(spawn_worker)
+            .map(|i| spawn_worker(format!("{name}-{i}")))
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Self {
             workers: Arc::new(workers),
@@ -105,24 +111,22 @@ impl Drop for Count {
     }
 }
 
-fn spawn_worker(index: usize) -> io::Result<Worker> {
+fn spawn_worker(name: String) -> io::Result<Worker> {
     let (start, mut starts) = mpsc::channel::<Start>(START_QUEUE);
-    std::thread::Builder::new()
-        .name(format!("bb-engine-{index}"))
-        .spawn(move || {
-            let mut pool = LocalPool::new();
-            let spawner = pool.spawner();
-            pool.run_until(async {
-                while let Some(start) = starts.next().await {
-                    if let Err(e) = spawner.spawn_local(start()) {
-                        tracing::warn!("engine thread could not start a Node: {e}");
-                    }
+    std::thread::Builder::new().name(name).spawn(move || {
+        let mut pool = LocalPool::new();
+        let spawner = pool.spawner();
+        pool.run_until(async {
+            while let Some(start) = starts.next().await {
+                if let Err(e) = spawner.spawn_local(start()) {
+                    tracing::warn!("engine thread could not start a Node: {e}");
                 }
-            });
-            // The pool is gone: run the Nodes still here until their
-            // behaviours are dropped.
-            pool.run();
-        })?;
+            }
+        });
+        // The pool is gone: run the Nodes still here until their
+        // behaviours are dropped.
+        pool.run();
+    })?;
     Ok(Worker {
         start,
         nodes: Arc::new(AtomicUsize::new(0)),
