@@ -229,6 +229,14 @@ impl PeerBook {
         self.peers.values().filter(|k| k.held).count()
     }
 
+    /// The engine refused the reference taken for `peer`: none is held.
+    /// The next connection or address of the peer tries again.
+    pub(crate) fn refused(&mut self, peer: &PeerId) {
+        if let Some(known) = self.peers.get_mut(peer) {
+            known.held = false;
+        }
+    }
+
     /// Takes the engine reference for `peer` (tracked already) if not held.
     fn hold(&mut self, book: &mut impl EngineBook, peer: PeerId) -> Result<(), AddressBookError> {
         let known = self.peers.get_mut(&peer).expect("tracked before holding");

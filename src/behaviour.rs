@@ -381,6 +381,7 @@ impl Behaviour {
                 }
             }
             FromEngine::BootstrapFailed(error) => self.report(Event::BootstrapFailed(error)),
+            FromEngine::BookRefused(peer) => self.peers.refused(&peer),
         }
     }
 

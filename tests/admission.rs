@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bb_libp2p::{to_engine_peer, Behaviour, Denial, Event, PeerDenied, SendFailure};
-use common::models::{bytes_value, compile, install, send_value, Ping};
-use common::{connect, listen, memory_swarm, run_for, until};
+use common::models::{bb_behaviour, bytes_value, compile, send_value, Ping};
+use common::{connect, listen, memory_swarm, on_node, run_for, until};
 use libp2p::core::Endpoint;
 use libp2p::identity::Keypair;
 use libp2p::swarm::dial_opts::DialOpts;
@@ -21,18 +21,35 @@ fn swarms(senders: usize, receivers: usize) -> (Vec<Swarm<Behaviour>>, String) {
         .map(|i| {
             let key = Keypair::generate_ed25519();
             let target = &targets[usize::from(i >= senders)];
-            let node = install(&key, &model, &[target]);
-            memory_swarm(key, Behaviour::new(node, bb_libp2p::Config::default()))
+            let behaviour = bb_behaviour(&key, &model, &[target], bb_libp2p::Config::default());
+            memory_swarm(key, behaviour)
         })
         .collect();
     (swarms, targets[0].clone())
 }
 
-fn block(swarm: &mut Swarm<Behaviour>, peer: &PeerId) {
-    swarm
-        .behaviour_mut()
-        .node_mut()
-        .block_peer(to_engine_peer(peer));
+/// Blocks `peer` on `swarm`'s Node. The engine thread reports the new
+/// lists to the swarm, which applies them on a later poll (see [`settle`]).
+fn block(swarm: &Swarm<Behaviour>, peer: &PeerId) {
+    let peer = to_engine_peer(peer);
+    on_node(swarm, move |node| node.block_peer(peer));
+}
+
+/// Polls `swarm` briefly, so that a block or allow list changed through the
+/// handle (which reaches the swarm side asynchronously) is in force before
+/// the test makes or takes a connection. No connection comes or goes
+/// meanwhile, so no event of interest is dropped.
+async fn settle(swarm: &mut Swarm<Behaviour>) {
+    run_for(&mut [swarm], Duration::from_millis(100), |_, e| {
+        assert!(
+            !matches!(
+                e,
+                SwarmEvent::ConnectionEstablished { .. } | SwarmEvent::ConnectionClosed { .. }
+            ),
+            "a connection came or went while settling: {e:?}"
+        )
+    })
+    .await;
 }
 
 /// Waits for `value` on swarm 1's `y`, failing on any send failure.
@@ -61,7 +78,8 @@ async fn a_blocked_peer_gets_no_connection_either_way() {
     let (mut s, sender) = swarms(1, 1);
     let (mut a, mut b) = (s.remove(0), s.remove(0));
     let (pa, pb) = (*a.local_peer_id(), *b.local_peer_id());
-    block(&mut a, &pb);
+    block(&a, &pb);
+    settle(&mut a).await;
     let a_addr = listen(&mut a).await;
     let b_addr = listen(&mut b).await;
 
@@ -124,7 +142,7 @@ async fn a_blocked_peer_gets_no_connection_either_way() {
 
     // A's engine sends to B: it fails at once and nothing is dialled.
     a.add_peer_address(pb, b_addr);
-    send_value(a.behaviour_mut().node_mut(), &sender, pb, b"blocked");
+    send_value(&a.behaviour().handle(), &sender, pb, b"blocked");
     let mut dialled = false;
     let reason = until(
         &mut [&mut a, &mut b],
@@ -148,10 +166,11 @@ async fn a_blocked_peer_gets_no_connection_either_way() {
     assert!(!dialled);
 
     // Unblocked, the same pair connects and delivers.
-    a.behaviour_mut()
-        .node_mut()
-        .unblock_peer(to_engine_peer(&pb));
-    send_value(a.behaviour_mut().node_mut(), &sender, pb, b"unblocked");
+    // (The engine thread reports the lifted block before the envelope, and
+    // the swarm applies them in that order.)
+    let engine_pb = to_engine_peer(&pb);
+    on_node(&a, move |node| node.unblock_peer(engine_pb));
+    send_value(&a.behaviour().handle(), &sender, pb, b"unblocked");
     delivered(&mut a, &mut b, b"unblocked").await;
 }
 
@@ -161,11 +180,11 @@ async fn blocking_a_connected_peer_disconnects_it_and_drops_its_envelopes() {
     let (mut a, mut b) = (s.remove(0), s.remove(0));
     let (pa, pb) = (*a.local_peer_id(), *b.local_peer_id());
     connect(&mut a, &mut b).await;
-    send_value(a.behaviour_mut().node_mut(), &sender, pb, b"before");
+    send_value(&a.behaviour().handle(), &sender, pb, b"before");
     delivered(&mut a, &mut b, b"before").await;
 
     // The receiver blocks the sender.
-    block(&mut b, &pa);
+    block(&b, &pa);
     let mut closed = [false, false];
     let mut disconnected = None;
     until(
@@ -190,7 +209,7 @@ async fn blocking_a_connected_peer_disconnects_it_and_drops_its_envelopes() {
 
     // Whatever A sends now ends in a failure event on A; none reaches B.
     for n in 0..3u8 {
-        send_value(a.behaviour_mut().node_mut(), &sender, pb, &[b'x', n]);
+        send_value(&a.behaviour().handle(), &sender, pb, &[b'x', n]);
     }
     let mut failed = Vec::new();
     run_for(
@@ -221,9 +240,9 @@ async fn an_allowlist_admits_only_its_peers() {
     let (mut listed, mut other, mut r) = (s.remove(0), s.remove(0), s.remove(0));
     let (pl, po) = (*listed.local_peer_id(), *other.local_peer_id());
     let pr = *r.local_peer_id();
-    r.behaviour_mut()
-        .node_mut()
-        .set_allowlist(Some([to_engine_peer(&pl)].into()));
+    let engine_pl = to_engine_peer(&pl);
+    on_node(&r, move |node| node.set_allowlist(Some([engine_pl].into())));
+    settle(&mut r).await;
     let r_addr: Multiaddr = listen(&mut r).await;
 
     other.dial(r_addr.clone()).unwrap();
@@ -253,13 +272,14 @@ async fn an_allowlist_admits_only_its_peers() {
     .await;
 
     listed.add_peer_address(pr, r_addr.clone());
-    send_value(listed.behaviour_mut().node_mut(), &sender, pr, b"listed");
+    send_value(&listed.behaviour().handle(), &sender, pr, b"listed");
     delivered(&mut listed, &mut r, b"listed").await;
 
     // Lifting the allowlist admits the other peer too.
-    r.behaviour_mut().node_mut().set_allowlist(None);
+    on_node(&r, |node| node.set_allowlist(None));
+    settle(&mut r).await;
     other.add_peer_address(pr, r_addr);
-    send_value(other.behaviour_mut().node_mut(), &sender, pr, b"other");
+    send_value(&other.behaviour().handle(), &sender, pr, b"other");
     delivered(&mut other, &mut r, b"other").await;
 }
 
@@ -283,7 +303,7 @@ async fn a_failing_peer_is_backed_off_then_down_then_up() {
     while down.is_none() {
         assert!(started.elapsed() < Duration::from_secs(10), "no PeerDown");
         n += 1;
-        send_value(a.behaviour_mut().node_mut(), &sender, pb, &n.to_le_bytes());
+        send_value(&a.behaviour().handle(), &sender, pb, &n.to_le_bytes());
         until(
             &mut [&mut a],
             Duration::from_secs(5),
@@ -335,7 +355,7 @@ async fn a_failing_peer_is_backed_off_then_down_then_up() {
     while !up {
         assert!(started.elapsed() < Duration::from_secs(10), "no PeerUp");
         n += 1;
-        send_value(a.behaviour_mut().node_mut(), &sender, pb, &n.to_le_bytes());
+        send_value(&a.behaviour().handle(), &sender, pb, &n.to_le_bytes());
         let got = until(
             &mut [&mut a, &mut b],
             Duration::from_secs(5),
@@ -387,7 +407,8 @@ async fn a_peer_that_drops_every_connection_is_backed_off() {
     let (mut s, sender) = swarms(1, 1);
     let (mut a, mut b) = (s.remove(0), s.remove(0));
     let (pa, pb) = (*a.local_peer_id(), *b.local_peer_id());
-    block(&mut b, &pa);
+    block(&b, &pa);
+    settle(&mut b).await;
     let b_addr = listen(&mut b).await;
     a.add_peer_address(pb, b_addr);
 
@@ -395,7 +416,7 @@ async fn a_peer_that_drops_every_connection_is_backed_off() {
     let (mut dials, mut down, mut n) = (0, false, 0u32);
     while started.elapsed() < Duration::from_millis(1500) {
         n += 1;
-        send_value(a.behaviour_mut().node_mut(), &sender, pb, &n.to_le_bytes());
+        send_value(&a.behaviour().handle(), &sender, pb, &n.to_le_bytes());
         run_for(
             &mut [&mut a, &mut b],
             Duration::from_millis(5),
@@ -424,18 +445,17 @@ async fn a_peer_missing_from_a_full_address_book_is_still_disconnected() {
     let (mut s, _) = swarms(1, 1);
     let (mut a, mut b) = (s.remove(0), s.remove(0));
     let pb = *b.local_peer_id();
-    let book = &mut a
-        .behaviour_mut()
-        .node_mut()
-        .engine_install_handle()
-        .framework
-        .address_book;
-    let full = book.len();
-    book.set_cap(full);
+    on_node(&a, |node| {
+        let book = &mut node.engine_install_handle().framework.address_book;
+        let full = book.len();
+        book.set_cap(full);
+    });
     connect(&mut a, &mut b).await;
+    // The engine thread reports the refusal; the swarm takes it when polled.
+    run_for(&mut [&mut a, &mut b], Duration::from_millis(50), |_, _| {}).await;
     assert!(!a.behaviour().is_known(&pb), "the book had no room");
 
-    block(&mut a, &pb);
+    block(&a, &pb);
     let closed = until(
         &mut [&mut a, &mut b],
         Duration::from_secs(5),
@@ -473,12 +493,12 @@ async fn a_peers_backoff_notices_are_reported_and_counted() {
             to_engine_peer(&pa),
             BackoffNoticePayload::new(wait.as_nanos() as u64, BackoffCause::QueueFull, None),
         );
-        b.behaviour_mut()
-            .node_mut()
-            .engine_install_handle()
-            .framework
-            .outbound_queue
-            .push(notice);
+        on_node(&b, move |node| {
+            node.engine_install_handle()
+                .framework
+                .outbound_queue
+                .push(notice)
+        });
         let advised = until(
             &mut [&mut a, &mut b],
             Duration::from_secs(5),
@@ -516,11 +536,15 @@ async fn a_peers_backoff_notices_are_reported_and_counted() {
     .await;
     assert_eq!(down, Some((pb, 5)));
     // The engine holds its sends to B for the wait the notice asked for.
-    let engine = a.behaviour_mut().node_mut().engine_install_handle();
-    let now = engine.framework.scheduler.now_ns();
-    assert!(!engine
-        .framework
-        .peer_state
-        .backoff
-        .should_retry(to_engine_peer(&pb), now));
+    let engine_pb = to_engine_peer(&pb);
+    let retry = on_node(&a, move |node| {
+        let engine = node.engine_install_handle();
+        let now = engine.framework.scheduler.now_ns();
+        engine
+            .framework
+            .peer_state
+            .backoff
+            .should_retry(engine_pb, now)
+    });
+    assert!(!retry);
 }

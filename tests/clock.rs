@@ -7,9 +7,11 @@ use std::future::poll_fn;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bb_libp2p::{Behaviour, Config, Event};
+use bb_libp2p::{Config, Event};
 use bb_runtime::engine::EngineStep;
-use common::models::{bb_swarm, bytes_value, compile, install, send_value, Other, Ping};
+use common::models::{
+    bb_behaviour, bb_swarm, bytes_value, compile, install, invoke_send, send_value, Other, Ping,
+};
 use common::{connect, memory_swarm, until};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
@@ -27,7 +29,7 @@ async fn wire_timeout_fires_on_time() {
     let start = Instant::now();
     let dest = *b.local_peer_id();
     send_value(
-        a.behaviour_mut().node_mut(),
+        &a.behaviour().handle(),
         &targets[0],
         dest,
         b"no reply comes",
@@ -60,8 +62,9 @@ async fn invoke_between_polls_wakes_the_swarm() {
     let key = Keypair::generate_ed25519();
     let mut a = memory_swarm(
         key.clone(),
-        Behaviour::new(install(&key, &model, &[&targets[0]]), Config::default()),
+        bb_behaviour(&key, &model, &[&targets[0]], Config::default()),
     );
+    let handle = a.behaviour().handle();
     let value = bytes_value(b"wake up");
     let mut invoked = false;
     let wait = poll_fn(|cx| {
@@ -73,14 +76,16 @@ async fn invoke_between_polls_wakes_the_swarm() {
                 return Poll::Ready((topic, value_bytes));
             }
         }
-        // The swarm is idle and its task asleep. Only the Node's ingress
-        // waker can bring it back for this invocation.
+        // The swarm is idle and its task about to sleep. Only the engine
+        // thread handing over the invocation's output can bring it back.
         if !invoked {
             invoked = true;
-            a.behaviour_mut()
-                .node_mut()
-                .invoke(&targets[0], &[("a", &value)])
-                .unwrap();
+            let (target, value) = (targets[0].clone(), value.clone());
+            handle
+                .with_node_blocking(move |node| {
+                    node.invoke(&target, &[("a", &value)]).unwrap();
+                })
+                .expect("the Node runs");
         }
         Poll::Pending
     });
@@ -101,7 +106,7 @@ async fn send_long_after_start_is_delivered() {
     connect(&mut a, &mut b).await;
     common::run_for(&mut [&mut a, &mut b], SEND_DEADLINE * 3, |_, _| {}).await;
     let x = send_value(
-        a.behaviour_mut().node_mut(),
+        &a.behaviour().handle(),
         &targets[0],
         *b.local_peer_id(),
         b"late",
@@ -142,7 +147,7 @@ fn upstream_deadline_gates_still_read_budgets_as_absolute() {
         .framework
         .scheduler
         .set_now(SEND_DEADLINE.as_nanos() as u64 * 2);
-    send_value(&mut node, &targets[0], other, &[1]);
+    invoke_send(&mut node, &targets[0], other, &[1]);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     let mut failures = Vec::new();
     for _ in 0..10 {

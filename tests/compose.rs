@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use bb_libp2p::Event;
 use bb_runtime::engine::EngineStep;
-use common::models::{bytes_value, compile, install, send_value, Ping};
+use bytesandbrains::proto::onnx::ModelProto;
+use common::models::{bb_behaviour, bytes_value, compile, send_value, Ping};
 use common::{connect, memory_swarm, run_for, until};
 use libp2p::core::transport::PortUse;
 use libp2p::core::Endpoint;
@@ -77,13 +78,15 @@ struct App {
     polls: PollCounter,
 }
 
-fn app(key: &Keypair, node: bytesandbrains::Node) -> (Swarm<App>, Rc<Cell<u64>>) {
+/// The application's swarm, its bytesandbrains Node running `target` of
+/// `model`.
+fn app(key: &Keypair, model: &ModelProto, target: &str) -> (Swarm<App>, Rc<Cell<u64>>) {
     let polls = PollCounter::default();
     let count = polls.0.clone();
     let behaviour = App {
         identify: identify::Behaviour::new(identify::Config::new("/app/1".into(), key.public())),
         ping: ping::Behaviour::default(),
-        bb: bb_libp2p::Behaviour::new(node, bb_libp2p::Config::default()),
+        bb: bb_behaviour(key, model, &[target], bb_libp2p::Config::default()),
         polls,
     };
     (memory_swarm(key.clone(), behaviour), count)
@@ -93,8 +96,8 @@ fn app(key: &Keypair, node: bytesandbrains::Node) -> (Swarm<App>, Rc<Cell<u64>>)
 async fn composed_with_identify_and_ping() {
     let (model, targets) = compile(Ping);
     let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    let (mut a, _) = app(&ka, install(&ka, &model, &[&targets[0]]));
-    let (mut b, b_polls) = app(&kb, install(&kb, &model, &[&targets[1]]));
+    let (mut a, _) = app(&ka, &model, &targets[0]);
+    let (mut b, b_polls) = app(&kb, &model, &targets[1]);
     connect(&mut a, &mut b).await;
 
     let dest = *b.local_peer_id();
@@ -102,7 +105,7 @@ async fn composed_with_identify_and_ping() {
     let mut pinged = false;
     let mut got = Vec::new();
     for n in 0u8..3 {
-        send_value(a.behaviour_mut().bb.node_mut(), &targets[0], dest, &[n; 3]);
+        send_value(&a.behaviour().bb.handle(), &targets[0], dest, &[n; 3]);
         got.push(
             until(
                 &mut [&mut a, &mut b],
@@ -158,16 +161,16 @@ async fn composed_with_identify_and_ping() {
 }
 
 /// A connected pair that has exchanged a value, and whose engine deadlines
-/// have all passed, must not keep its task awake.
+/// have all passed, must not keep its task awake, nor its engine threads.
 #[tokio::test(flavor = "current_thread")]
 async fn idle_pair_does_not_busy_poll() {
     let (model, targets) = compile(Ping);
     let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    let (mut a, a_polls) = app(&ka, install(&ka, &model, &[&targets[0]]));
-    let (mut b, b_polls) = app(&kb, install(&kb, &model, &[&targets[1]]));
+    let (mut a, a_polls) = app(&ka, &model, &targets[0]);
+    let (mut b, b_polls) = app(&kb, &model, &targets[1]);
     connect(&mut a, &mut b).await;
     send_value(
-        a.behaviour_mut().bb.node_mut(),
+        &a.behaviour().bb.handle(),
         &targets[0],
         *b.local_peer_id(),
         b"then quiet",
@@ -181,7 +184,9 @@ async fn idle_pair_does_not_busy_poll() {
     .await;
     run_for(&mut [&mut a, &mut b], Duration::from_millis(500), |_, _| {}).await;
 
+    let (ha, hb) = (a.behaviour().bb.handle(), b.behaviour().bb.handle());
     let (a0, b0) = (a_polls.get(), b_polls.get());
+    let (ea0, eb0) = (ha.engine_wakeups(), hb.engine_wakeups());
     let idle = Duration::from_secs(2);
     run_for(&mut [&mut a, &mut b], idle, |_, _| {}).await;
     let per_second = |polls: u64| polls as f64 / idle.as_secs_f64();
@@ -194,5 +199,14 @@ async fn idle_pair_does_not_busy_poll() {
     assert!(
         a_rate <= 10.0 && b_rate <= 10.0,
         "polls per idle second: A {a_rate}, B {b_rate}"
+    );
+    // The engines, on threads of their own now, are as still.
+    let (ea_rate, eb_rate) = (
+        per_second(ha.engine_wakeups() - ea0),
+        per_second(hb.engine_wakeups() - eb0),
+    );
+    assert!(
+        ea_rate <= 10.0 && eb_rate <= 10.0,
+        "engine wake-ups per idle second: A {ea_rate}, B {eb_rate}"
     );
 }

@@ -5,12 +5,12 @@ mod common;
 
 use std::future::poll_fn;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bb_libp2p::{p2p_address, to_engine_peer, Behaviour, Event};
+use bb_libp2p::{p2p_address, to_engine_peer, Behaviour, Event, Node};
 use bb_runtime::engine::EngineStep;
-use common::models::{bytes_value, compile, install, send_value, Ping};
-use common::{connect, listen, memory_swarm, run_for, until};
+use common::models::{bb_behaviour, bytes_value, compile, send_value, Ping};
+use common::{connect, listen, memory_swarm, on_node, run_for, until};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::peer_store::{self, memory_store::MemoryStore};
@@ -26,9 +26,9 @@ struct Stored {
     store: peer_store::Behaviour<MemoryStore>,
 }
 
-fn stored(key: Keypair, node: bytesandbrains::Node) -> Swarm<Stored> {
+fn stored(key: Keypair, bb: Behaviour) -> Swarm<Stored> {
     let behaviour = Stored {
-        bb: Behaviour::new(node, bb_libp2p::Config::default()),
+        bb,
         identify: identify::Behaviour::new(identify::Config::new("/test/1".into(), key.public())),
         store: peer_store::Behaviour::new(MemoryStore::new(Default::default())),
     };
@@ -37,24 +37,61 @@ fn stored(key: Keypair, node: bytesandbrains::Node) -> Swarm<Stored> {
 
 /// Ping's sender and receiver on swarms built by `make`.
 fn pair<B: NetworkBehaviour>(
-    make: impl Fn(Keypair, bytesandbrains::Node) -> Swarm<B>,
+    make: impl Fn(Keypair, Behaviour) -> Swarm<B>,
 ) -> (Swarm<B>, Swarm<B>, String) {
     let (model, targets) = compile(Ping);
     let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    let a = make(ka.clone(), install(&ka, &model, &[&targets[0]]));
-    let b = make(kb.clone(), install(&kb, &model, &[&targets[1]]));
+    let config = bb_libp2p::Config::default;
+    let a = make(
+        ka.clone(),
+        bb_behaviour(&ka, &model, &[&targets[0]], config()),
+    );
+    let b = make(
+        kb.clone(),
+        bb_behaviour(&kb, &model, &[&targets[1]], config()),
+    );
     (a, b, targets[0].clone())
 }
 
-fn plain(key: Keypair, node: bytesandbrains::Node) -> Swarm<Behaviour> {
-    memory_swarm(key, Behaviour::new(node, bb_libp2p::Config::default()))
+fn plain(key: Keypair, bb: Behaviour) -> Swarm<Behaviour> {
+    memory_swarm(key, bb)
 }
 
-/// Whether the engine's AddressBook can route a `wire.Send` to `peer`.
-fn resolves(bb: &Behaviour, peer: &PeerId) -> bool {
-    bb.node()
-        .resolve_peer_addresses(to_engine_peer(peer))
-        .is_some_and(|a| a.contains(&p2p_address(peer)))
+/// Reads `bb`'s Node with `f` until it gives `want`, and panics with the
+/// last reading if it does not within five seconds.
+///
+/// What the swarm side tells the engine thread (a peer connected, learned,
+/// forgotten) reaches the Node's AddressBook asynchronously, on a lane of
+/// its own: a `with_node` sent right after it can run first. So a reading
+/// is taken as the engine's once it settles on the value the test expects.
+fn engine_reads<R>(bb: &Behaviour, want: R, f: impl Fn(&mut Node) -> R + Clone + Send + 'static)
+where
+    R: PartialEq + std::fmt::Debug + Send + 'static,
+{
+    let handle = bb.handle();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = handle.with_node_blocking(f.clone()).expect("the Node runs");
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the engine reads {got:?}, expected {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Asserts whether the engine's AddressBook can route a `wire.Send` to
+/// `peer` (once the swarm side's changes have reached it, see
+/// [`engine_reads`]).
+fn resolves(bb: &Behaviour, peer: &PeerId, want: bool) {
+    let peer = *peer;
+    engine_reads(bb, want, move |node| {
+        node.resolve_peer_addresses(to_engine_peer(&peer))
+            .is_some_and(|a| a.contains(&p2p_address(&peer)))
+    });
 }
 
 async fn disconnect<B: NetworkBehaviour>(a: &mut Swarm<B>, b: &mut Swarm<B>) {
@@ -124,27 +161,26 @@ async fn connected_peers_resolve_until_they_are_unreachable() {
     let (mut a, mut b, sender) = pair(plain);
     let (pa, pb) = (*a.local_peer_id(), *b.local_peer_id());
     // The Node's own address bag names the swarm's identity.
-    assert!(a
-        .behaviour()
-        .node()
+    assert!(on_node(&a, move |node| node
         .local_addresses()
-        .contains(&p2p_address(&pa)));
-    assert!(!resolves(a.behaviour(), &pb));
+        .contains(&p2p_address(&pa))));
+    resolves(a.behaviour(), &pb, false);
 
     connect(&mut a, &mut b).await;
-    assert!(resolves(a.behaviour(), &pb) && resolves(b.behaviour(), &pa));
+    resolves(a.behaviour(), &pb, true);
+    resolves(b.behaviour(), &pa, true);
 
     disconnect(&mut a, &mut b).await;
     // B only saw A's ephemeral dialling address: nothing left to reach A by.
-    assert!(!resolves(b.behaviour(), &pa));
+    resolves(b.behaviour(), &pa, false);
     assert!(!b.behaviour().is_known(&pa));
     // A dialled B's listening address and keeps it.
-    assert!(resolves(a.behaviour(), &pb));
+    resolves(a.behaviour(), &pb, true);
 
     a.behaviour_mut().remove_peer(&pb);
-    assert!(!resolves(a.behaviour(), &pb));
+    resolves(a.behaviour(), &pb, false);
     // The engine's own Send now cannot route to B, and says so.
-    send_value(a.behaviour_mut().node_mut(), &sender, pb, b"nowhere");
+    send_value(&a.behaviour().handle(), &sender, pb, b"nowhere");
     let failed = until(
         &mut [&mut a, &mut b],
         Duration::from_secs(5),
@@ -169,29 +205,25 @@ async fn releasing_a_peer_leaves_the_engines_own_entry() {
     let pb = *b.local_peer_id();
     let engine_pb = to_engine_peer(&pb);
     // An engine protocol (say a registry handshake) registered B first.
-    let book = &mut a
-        .behaviour_mut()
-        .node_mut()
-        .engine_install_handle()
-        .framework
-        .address_book;
-    book.add_peer(engine_pb, vec![p2p_address(&pb)]).unwrap();
+    on_node(&a, move |node| {
+        let book = &mut node.engine_install_handle().framework.address_book;
+        book.add_peer(engine_pb, vec![p2p_address(&pb)]).unwrap();
+    });
 
     connect(&mut a, &mut b).await;
-    let count = |a: &mut Swarm<Behaviour>| {
-        a.behaviour_mut()
-            .node_mut()
-            .engine_install_handle()
+    let count = move |node: &mut Node| {
+        node.engine_install_handle()
             .framework
             .address_book
             .ref_count(engine_pb)
     };
-    assert_eq!(count(&mut a), 2);
+    engine_reads(a.behaviour(), 2, count);
     disconnect(&mut a, &mut b).await;
     a.behaviour_mut().remove_peer(&pb);
     assert!(!a.behaviour().is_known(&pb));
-    assert_eq!(count(&mut a), 1, "the engine's reference stays");
-    assert!(resolves(a.behaviour(), &pb));
+    // The engine's reference stays.
+    engine_reads(a.behaviour(), 1, count);
+    resolves(a.behaviour(), &pb, true);
 }
 
 /// A listening peer that dialled in is learned through identify: after the
@@ -211,9 +243,9 @@ async fn identify_keeps_a_peer_resolvable_and_dialable() {
     })
     .await;
     disconnect(&mut a, &mut b).await;
-    assert!(resolves(a.behaviour().bb(), &pb));
+    resolves(a.behaviour().bb(), &pb, true);
 
-    send_value(a.behaviour_mut().bb.node_mut(), &sender, pb, b"redial");
+    send_value(&a.behaviour().bb.handle(), &sender, pb, b"redial");
     delivered(&mut [&mut a, &mut b], b"redial", stored_event).await;
 }
 
@@ -260,15 +292,15 @@ async fn the_peer_store_teaches_and_forgets() {
         .store
         .store_mut()
         .add_address(&pb, &b_addr);
-    assert!(!resolves(a.behaviour().bb(), &pb));
+    resolves(a.behaviour().bb(), &pb, false);
     until_stored(&mut [&mut a, &mut b], "the store's event", |_, e| {
         matches!(e, SwarmEvent::Behaviour(StoredEvent::Store(_))).then_some(())
     })
     .await;
-    assert!(resolves(a.behaviour().bb(), &pb));
+    resolves(a.behaviour().bb(), &pb, true);
 
     // The Node reaches B by dialling the stored address.
-    send_value(a.behaviour_mut().bb.node_mut(), &sender, pb, b"stored");
+    send_value(&a.behaviour().bb.handle(), &sender, pb, b"stored");
     let want = bytes_value(b"stored");
     until_stored(&mut [&mut a, &mut b], "the value on B", |i, e| match e {
         SwarmEvent::Behaviour(StoredEvent::Bb(Event::AppEvent { value_bytes, .. })) if i == 1 => {
@@ -299,13 +331,13 @@ async fn the_peer_store_teaches_and_forgets() {
         .then_some(())
     })
     .await;
-    assert!(resolves(a.behaviour().bb(), &pb));
+    resolves(a.behaviour().bb(), &pb, true);
     a.disconnect_peer_id(pb).unwrap();
     until_stored(&mut [&mut a, &mut b], "A's disconnect", |i, e| {
         matches!(e, SwarmEvent::ConnectionClosed { num_established: 0, .. } if i == 0).then_some(())
     })
     .await;
-    assert!(!resolves(a.behaviour().bb(), &pb));
+    resolves(a.behaviour().bb(), &pb, false);
     assert!(!a.behaviour().bb.is_known(&pb));
 }
 
@@ -336,7 +368,7 @@ async fn a_peer_added_to_the_swarm_is_reachable_without_a_store() {
     let pb = *b.local_peer_id();
     let x = listen(&mut b).await;
     a.add_peer_address(pb, x);
-    assert!(resolves(a.behaviour(), &pb));
-    send_value(a.behaviour_mut().node_mut(), &sender, pb, b"added");
+    resolves(a.behaviour(), &pb, true);
+    send_value(&a.behaviour().handle(), &sender, pb, b"added");
     delivered(&mut [&mut a, &mut b], b"added", bb_event).await;
 }

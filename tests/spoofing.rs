@@ -14,7 +14,7 @@ use bb_runtime::ids::NodeSiteId;
 use bytesandbrains::slot_value::type_hash_of;
 use bytesandbrains::syscall::values::BytesValue;
 use common::models::{bb_swarm, bytes_value, compile, RoundTrip};
-use common::{connect, listen, run_for, until};
+use common::{connect, listen, on_node, run_for, until};
 use libp2p::swarm::SwarmEvent;
 use libp2p::PeerId;
 use prost::Message;
@@ -62,12 +62,12 @@ async fn a_reply_goes_to_the_connection_peer_not_the_claimed_sender() {
     let envelope = spoofed_request(*b.local_peer_id(), *d.local_peer_id(), payload);
     let size = envelope.encoded_len() as u64;
     // C's behaviour ships what its engine queued, as it is.
-    c.behaviour_mut()
-        .node_mut()
-        .engine_install_handle()
-        .framework
-        .outbound_queue
-        .push(envelope);
+    on_node(&c, move |node| {
+        node.engine_install_handle()
+            .framework
+            .outbound_queue
+            .push(envelope)
+    });
     let got = until(
         &mut [&mut c, &mut b, &mut d],
         Duration::from_secs(10),

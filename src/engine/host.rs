@@ -249,6 +249,7 @@ impl Host {
                     book.release(peer);
                 } else if let Err(e) = book.hold(peer) {
                     tracing::warn!(%peer, "engine AddressBook refused the peer: {e}");
+                    self.pending.push_back(FromEngine::BookRefused(peer));
                 }
             }
             ToEngine::Health(peer, HealthRecord::Failure) => {
@@ -304,16 +305,22 @@ impl Host {
         }
     }
 
-    /// Runs the handles' jobs waiting now.
-    fn run_jobs(&mut self, cx: &mut Context<'_>) {
+    /// Runs the handles' jobs waiting now. Before each, what the swarm sent
+    /// is applied, so a job sent after a change on the swarm's side (a peer
+    /// connected, an address added) sees it.
+    fn run_jobs(&mut self, cx: &mut Context<'_>) -> Result<(), Closed> {
         for _ in 0..JOBS_PER_WAKE {
             match self.links.jobs.poll_next_unpin(cx) {
-                Poll::Ready(Some(job)) => job(self),
-                Poll::Ready(None) | Poll::Pending => return,
+                Poll::Ready(Some(job)) => {
+                    self.take_control(cx)?;
+                    job(self);
+                }
+                Poll::Ready(None) | Poll::Pending => return Ok(()),
             }
         }
         // More wait: come back after the Node has had its turn.
         cx.waker().wake_by_ref();
+        Ok(())
     }
 
     /// Hands the held steps on. `Ready(Ok)` when none are left, `Pending`
@@ -392,11 +399,10 @@ impl Future for Host {
         let this = self.get_mut();
         this.links.stats.wakeups.fetch_add(1, Ordering::Relaxed);
         for _ in 0..CYCLES_PER_WAKE {
-            if this.take_control(cx).is_err() {
+            if this.take_control(cx).is_err() || this.run_jobs(cx).is_err() {
                 // The behaviour was dropped: stop, and drop the Node.
                 return Poll::Ready(());
             }
-            this.run_jobs(cx);
             match this.flush(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(Closed)) => return Poll::Ready(()),

@@ -54,6 +54,9 @@ pub(crate) enum FromEngine {
     Policy(Policy),
     /// The Node's bootstrap failed.
     BootstrapFailed(BootstrapError),
+    /// The engine's AddressBook refused to make the peer resolvable (it
+    /// was full): the swarm's side holds no reference for it.
+    BookRefused(PeerId),
 }
 
 /// The governor's blocklist and allowlist, as libp2p peers.
