@@ -4,61 +4,29 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bb_libp2p::{to_engine_peer, Behaviour, Config, Event};
+use bb_libp2p::{to_engine_peer, Behaviour, Config, EnginePool, Event, Node};
 use bb_runtime::engine::EngineStep;
 use bytesandbrains::protocols::global_registry::GlobalRegistryServerConfig;
+use common::alloc::{live, vm_rss_kib, HEAP};
 use common::models::bytes_value;
-use common::registry::{client_node, client_state, deployment, registry_node, registry_view};
-use common::{listen, memory_swarm, run_for};
+use common::registry::{
+    client_node, client_state, deployment, registry_node, registry_view, Deployment,
+};
+use common::{listen, memory_swarm, on_node, run_for};
 use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{PeerId, Swarm};
 
-/// Counts the heap bytes each thread holds. A test runs on its own thread
-/// and its swarms on its one task, so the count is what that test's Nodes
-/// and swarms allocate.
-struct PerThread;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-}
-
-fn count(bytes: isize) {
-    let _ = LIVE.try_with(|live| live.set(live.get() + bytes));
-}
-
-unsafe impl GlobalAlloc for PerThread {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            count(layout.size() as isize);
-        }
-        ptr
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        count(-(layout.size() as isize));
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
+/// Counts the heap bytes the whole process holds: the Nodes allocate on
+/// their engine threads, the swarms on the test's. The tests hold [`HEAP`],
+/// so one test's figures do not include another's allocations.
 #[global_allocator]
-static ALLOC: PerThread = PerThread;
-
-fn live_heap() -> isize {
-    LIVE.with(Cell::get)
-}
-
-/// The process's resident set, from `/proc/self/status` (Linux), in KiB.
-fn vm_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
+static ALLOC: common::alloc::Counting = common::alloc::Counting;
 
 /// What the swarms reported. Anything that means an envelope or a fill was
 /// lost fails the test at once, naming the swarm.
@@ -135,36 +103,64 @@ async fn drive_until(
 }
 
 /// Whether the client on `swarm` has taken a Handshake.
-fn handshaken(swarm: &mut Swarm<Behaviour>) -> bool {
-    client_state(swarm.behaviour_mut().node_mut()).last_assigned_ttl_ns != 0
+fn handshaken(swarm: &Swarm<Behaviour>) -> bool {
+    on_node(swarm, |node| client_state(node).last_assigned_ttl_ns != 0)
 }
 
-fn swarm_with(key: Keypair, node: bytesandbrains::Node) -> Swarm<Behaviour> {
-    memory_swarm(key, Behaviour::new(node, Config::default()))
+/// A swarm with the identity of `key` whose Node `make_node` builds on an
+/// engine thread: one of `pool`'s, or its own.
+fn swarm_with(
+    key: &Keypair,
+    pool: Option<&EnginePool>,
+    make_node: impl FnOnce() -> Node + Send + 'static,
+) -> Swarm<Behaviour> {
+    let make_node = move || Ok::<_, Infallible>(make_node());
+    let behaviour = match pool {
+        Some(pool) => Behaviour::with_pool(pool, make_node, Config::default()),
+        None => Behaviour::new(make_node, Config::default()),
+    };
+    memory_swarm(key.clone(), behaviour.expect("the Node starts"))
+}
+
+/// The registry of `d` with the identity of `key`.
+fn registry_swarm(
+    key: &Keypair,
+    d: &Arc<Deployment>,
+    pool: Option<&EnginePool>,
+) -> Swarm<Behaviour> {
+    let (k, d) = (key.clone(), Arc::clone(d));
+    swarm_with(key, pool, move || registry_node(&k, &d))
+}
+
+/// A client of the registry of `d` with the identity of `key`.
+fn client_swarm(key: &Keypair, d: &Arc<Deployment>, pool: Option<&EnginePool>) -> Swarm<Behaviour> {
+    let (k, d) = (key.clone(), Arc::clone(d));
+    swarm_with(key, pool, move || client_node(&k, &d))
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_client_joins_the_registry_over_libp2p() {
+    // Keeps this test's allocations out of the other's heap figures.
+    let _heap = HEAP.lock().await;
     let registry_key = Keypair::generate_ed25519();
     let registry_peer = registry_key.public().to_peer_id();
-    let d = deployment(&registry_peer, 1);
-    let mut registry = swarm_with(registry_key.clone(), registry_node(&registry_key, &d));
+    let d = Arc::new(deployment(&registry_peer, 1));
+    let mut registry = registry_swarm(&registry_key, &d, None);
     let registry_addr = listen(&mut registry).await;
 
     let client_key = Keypair::generate_ed25519();
     let client_peer = client_key.public().to_peer_id();
-    let mut client = swarm_with(client_key.clone(), client_node(&client_key, &d));
+    let mut client = client_swarm(&client_key, &d, None);
     // The bootstrap (run by Behaviour::new) put the registry in the
     // engine's AddressBook; the swarm does not know it yet.
     assert!(
-        client
-            .behaviour_mut()
-            .node_mut()
-            .engine_install_handle()
-            .framework
-            .address_book
-            .lookup(to_engine_peer(&registry_peer))
-            .is_some(),
+        on_node(&client, move |node| {
+            node.engine_install_handle()
+                .framework
+                .address_book
+                .lookup(to_engine_peer(&registry_peer))
+                .is_some()
+        }),
         "the bootstrap's InsertMany did not add the registry to the client's AddressBook"
     );
     assert!(!client.behaviour().is_known(&registry_peer));
@@ -178,7 +174,7 @@ async fn a_client_joins_the_registry_over_libp2p() {
         Duration::from_secs(10),
         "Announce and Handshake",
         |swarms, observed| {
-            let view = registry_view(swarms[0].behaviour_mut().node_mut());
+            let view = on_node(swarms[0], registry_view);
             let handshaken = handshaken(swarms[1]);
             let idle = swarms
                 .iter()
@@ -203,11 +199,11 @@ async fn a_client_joins_the_registry_over_libp2p() {
     .await;
 
     assert_eq!(
-        registry_view(registry.behaviour_mut().node_mut()),
+        on_node(&registry, registry_view),
         HashSet::from([client_peer]),
         "the registry's view holds exactly the client"
     );
-    let state = client_state(client.behaviour_mut().node_mut());
+    let state = on_node(&client, client_state);
     let policy = GlobalRegistryServerConfig::default();
     assert_eq!(state.last_assigned_ttl_ns, policy.default_ttl_ns);
     assert_eq!(state.last_heartbeat_interval_ns, policy.default_ttl_ns / 3);
@@ -220,23 +216,24 @@ async fn a_client_joins_the_registry_over_libp2p() {
 async fn fifty_node_registry_mesh() {
     const CLIENTS: usize = 49;
     const SAMPLE: usize = 10;
+    let _heap = HEAP.lock().await;
+    // The 50 Nodes share two engine threads, started before the baseline:
+    // the figures below are the Nodes' and their swarms'.
+    let pool = EnginePool::new(2).expect("engine threads");
     let rss_before = vm_rss_kib();
-    let heap_before = live_heap();
+    let heap_before = live();
     let started = Instant::now();
 
     let registry_key = Keypair::generate_ed25519();
     let registry_peer = registry_key.public().to_peer_id();
-    let d = deployment(&registry_peer, SAMPLE as u32);
-    let mut swarms = vec![swarm_with(
-        registry_key.clone(),
-        registry_node(&registry_key, &d),
-    )];
+    let d = Arc::new(deployment(&registry_peer, SAMPLE as u32));
+    let mut swarms = vec![registry_swarm(&registry_key, &d, Some(&pool))];
     let registry_addr = listen(&mut swarms[0]).await;
     let mut clients = HashSet::new();
     for _ in 0..CLIENTS {
         let key = Keypair::generate_ed25519();
         clients.insert(key.public().to_peer_id());
-        let mut swarm = swarm_with(key.clone(), client_node(&key, &d));
+        let mut swarm = client_swarm(&key, &d, Some(&pool));
         // All a client is told: the registry's address, which it dials.
         // Its bootstrap's Announce goes out on the first poll, before the
         // connection is up: the `/p2p` suffix tells the swarm which peer
@@ -257,9 +254,9 @@ async fn fifty_node_registry_mesh() {
         Duration::from_secs(30),
         "every client in the registry's view",
         |swarms, _| {
-            let view = registry_view(swarms[0].behaviour_mut().node_mut());
+            let view = on_node(swarms[0], registry_view);
             let waiting = swarms[1..]
-                .iter_mut()
+                .iter()
                 .map(|s| !handshaken(s))
                 .filter(|&w| w)
                 .count();
@@ -279,7 +276,7 @@ async fn fifty_node_registry_mesh() {
     )
     .await;
     let formed = started.elapsed();
-    let heap_formed = live_heap();
+    let heap_formed = live();
     let rss_formed = vm_rss_kib();
     for i in 1..=CLIENTS {
         assert!(
@@ -293,11 +290,11 @@ async fn fifty_node_registry_mesh() {
     let payload = b"to a sample of the registry's view";
     let broadcast_started = Instant::now();
     observed.acked.clear();
-    refs[0]
-        .behaviour_mut()
-        .node_mut()
-        .invoke(&d.broadcast, &[("x", &bytes_value(payload))])
-        .expect("invoke Broadcast");
+    let target = d.broadcast.clone();
+    on_node(refs[0], move |node| {
+        node.invoke(&target, &[("x", &bytes_value(payload))])
+            .expect("invoke Broadcast")
+    });
     drive_until(
         &mut refs,
         &mut observed,
@@ -340,7 +337,7 @@ async fn fifty_node_registry_mesh() {
     assert!(receivers.is_subset(&clients));
 
     let nodes = CLIENTS + 1;
-    let heap = (heap_formed - heap_before).max(0) as u64 / 1024;
+    let heap = heap_formed.saturating_sub(heap_before) as u64 / 1024;
     eprintln!(
         "{nodes} nodes: swarms built in {} ms, registry view complete in {} ms ({:.1} ms per node); \
          broadcast to {SAMPLE} sampled clients in {} ms",

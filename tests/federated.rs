@@ -11,9 +11,10 @@ mod ml;
 mod round;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bb_libp2p::{Behaviour, Config};
+use bb_libp2p::{Behaviour, Config, NodeHandle};
 use common::registry;
 use common::{listen, memory_swarm, run_for};
 use fed::Federation;
@@ -30,8 +31,10 @@ const SEED: u64 = 7;
 
 /// A coordinator (swarm 0) and its clients, joined.
 struct Federated {
-    federation: Federation,
+    federation: Arc<Federation>,
     swarms: Vec<Swarm<Behaviour>>,
+    /// The coordinator's Node.
+    coordinator: NodeHandle,
     /// The clients' PeerIds, in swarm order.
     clients: Vec<PeerId>,
     shards: Vec<Dataset>,
@@ -46,22 +49,29 @@ impl Federated {
         let shards = ml::shards(&train, CLIENTS, false, SEED);
         let key = Keypair::generate_ed25519();
         let coordinator = key.public().to_peer_id();
-        let federation = Federation::new(&coordinator);
-        let node = federation.coordinator_node(&key);
-        let mut swarms = vec![memory_swarm(key, Behaviour::new(node, Config::default()))];
+        let federation = Arc::new(Federation::new(&coordinator));
+        let behaviour = Behaviour::new(federation.make_coordinator(&key), Config::default())
+            .expect("the coordinator's Node starts");
+        let node = behaviour.handle();
+        let mut swarms = vec![memory_swarm(key, behaviour)];
         let address = listen(&mut swarms[0]).await.with_p2p(coordinator).unwrap();
         let mut clients = Vec::new();
         for shard in &shards {
             let key = Keypair::generate_ed25519();
             clients.push(key.public().to_peer_id());
-            let node = federation.client_node(&key, shard.clone());
-            let mut swarm = memory_swarm(key, Behaviour::new(node, Config::default()));
+            let behaviour = Behaviour::new(
+                federation.make_client(&key, shard.clone()),
+                Config::default(),
+            )
+            .expect("a client's Node starts");
+            let mut swarm = memory_swarm(key, behaviour);
             swarm.dial(address.clone()).unwrap();
             swarms.push(swarm);
         }
         let mut federated = Self {
             federation,
             swarms,
+            coordinator: node,
             clients,
             shards,
             test,
@@ -70,7 +80,11 @@ impl Federated {
         loop {
             let mut refs: Vec<_> = federated.swarms.iter_mut().collect();
             run_for(&mut refs, Duration::from_millis(10), |_, _| {}).await;
-            let view = registry::registry_view(federated.swarms[0].behaviour_mut().node_mut());
+            let view = federated
+                .coordinator
+                .with_node(registry::registry_view)
+                .await
+                .expect("the coordinator's Node runs");
             if federated.clients.iter().all(|c| view.contains(c)) {
                 return federated;
             }
@@ -82,15 +96,17 @@ impl Federated {
     }
 
     /// Runs round `number` with a deadline `budget` away. The swarms of
-    /// `frozen` clients are not polled.
+    /// `frozen` clients are not polled: their engines run on, but nothing
+    /// reaches them, and nothing they send leaves.
     async fn round(&mut self, number: u64, budget: Duration, frozen: &[PeerId]) -> RoundReport {
         let mut round = Round::start(
-            self.swarms[0].behaviour_mut().node_mut(),
+            &self.coordinator,
             &self.federation,
             number,
             CLIENTS as u32,
             budget,
         )
+        .await
         .expect("round starts");
         let limit = Instant::now() + budget + Duration::from_secs(10);
         loop {
@@ -105,8 +121,8 @@ impl Federated {
                 }
             })
             .await;
-            let node = self.swarms[0].behaviour_mut().node_mut();
-            if let Some(report) = round.step(node, &self.federation, Instant::now()).unwrap() {
+            let step = round.step(&self.coordinator, &self.federation, Instant::now());
+            if let Some(report) = step.await.unwrap() {
                 return report;
             }
             assert!(Instant::now() < limit, "round {number} did not end");

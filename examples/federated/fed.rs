@@ -39,6 +39,8 @@
 #![allow(dead_code)]
 
 use std::any::Any;
+use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bb_ir::proto::onnx::NodeProto;
@@ -719,7 +721,31 @@ impl Federation {
         }
     }
 
-    /// The coordinator's Node, ready for `bb_libp2p::Behaviour::new`.
+    /// Builds the coordinator's Node on its engine thread: the `make_node`
+    /// closure to give `bb_libp2p::Behaviour::new`, with the identity of
+    /// `key`.
+    pub fn make_coordinator(
+        self: &Arc<Self>,
+        key: &Keypair,
+    ) -> impl FnOnce() -> Result<Node, Infallible> + Send + 'static {
+        let (federation, key) = (Arc::clone(self), key.clone());
+        move || Ok(federation.coordinator_node(&key))
+    }
+
+    /// Builds a client's Node holding `shard` on its engine thread: the
+    /// `make_node` closure to give `bb_libp2p::Behaviour::new`, whose
+    /// bootstrap then announces the client to the coordinator.
+    pub fn make_client(
+        self: &Arc<Self>,
+        key: &Keypair,
+        shard: Dataset,
+    ) -> impl FnOnce() -> Result<Node, Infallible> + Send + 'static {
+        let (federation, key) = (Arc::clone(self), key.clone());
+        move || Ok(federation.client_node(&key, shard))
+    }
+
+    /// The coordinator's Node. Call it where the Node is to live: in the
+    /// closure that builds it on its engine thread ([`Self::make_coordinator`]).
     pub fn coordinator_node(&self, key: &Keypair) -> Node {
         let mut node =
             registry::install(key, &self.model, &[&self.round_target, &self.update_target]);
@@ -736,8 +762,9 @@ impl Federation {
         node
     }
 
-    /// A client's Node holding `shard`, ready for `bb_libp2p::Behaviour::new`
-    /// (whose bootstrap announces it to the coordinator).
+    /// A client's Node holding `shard`. Call it where the Node is to live:
+    /// in the closure that builds it on its engine thread
+    /// ([`Self::make_client`]).
     pub fn client_node(&self, key: &Keypair, shard: Dataset) -> Node {
         let targets: Vec<&str> = self.client_targets.iter().map(String::as_str).collect();
         let mut node = registry::install(key, &self.client_model, &targets);

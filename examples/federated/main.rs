@@ -40,9 +40,10 @@ use std::error::Error;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bb_libp2p::{Behaviour, Config, Event};
+use bb_libp2p::{Behaviour, Config, Event, Node, NodeHandle};
 use bb_runtime::engine::EngineStep;
 use fed::Federation;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -234,7 +235,13 @@ async fn main() -> ExitCode {
     }
 }
 
-fn build_swarm(key: Keypair, node: bytesandbrains::Node) -> Result<Swarm<Behaviour>> {
+/// A swarm on TCP and QUIC whose behaviour runs the Node `make_node` builds
+/// on an engine thread.
+fn build_swarm<F>(key: Keypair, make_node: F) -> Result<Swarm<Behaviour>>
+where
+    F: FnOnce() -> std::result::Result<Node, std::convert::Infallible> + Send + 'static,
+{
+    let behaviour = Behaviour::new(make_node, Config::default())?;
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -243,7 +250,7 @@ fn build_swarm(key: Keypair, node: bytesandbrains::Node) -> Result<Swarm<Behavio
             yamux::Config::default,
         )?
         .with_quic()
-        .with_behaviour(|_| Behaviour::new(node, Config::default()))?
+        .with_behaviour(|_| behaviour)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
         .build())
 }
@@ -260,8 +267,8 @@ async fn client(task: Task, address: Multiaddr, index: usize) -> Result<()> {
     std::io::stdout().flush()?;
     let (mut shards, _) = task.data();
     let shard = shards.swap_remove(index);
-    let node = Federation::new(&coordinator).client_node(&key, shard);
-    let mut swarm = build_swarm(key, node)?;
+    let make_node = Arc::new(Federation::new(&coordinator)).make_client(&key, shard);
+    let mut swarm = build_swarm(key, make_node)?;
     // The bootstrap's Announce waits for this connection: the `/p2p`
     // suffix tells the swarm which peer the dial is for.
     swarm.dial(address.clone())?;
@@ -385,8 +392,9 @@ async fn coordinate(options: Options) -> Result<()> {
     let (shards, test) = options.task.data();
     let key = Keypair::generate_ed25519();
     let me = key.public().to_peer_id();
-    let federation = Federation::new(&me);
-    let mut swarm = build_swarm(key.clone(), federation.coordinator_node(&key))?;
+    let federation = Arc::new(Federation::new(&me));
+    let mut swarm = build_swarm(key.clone(), federation.make_coordinator(&key))?;
+    let node = swarm.behaviour().handle();
     swarm.listen_on(options.transport.listen_address())?;
     let address = loop {
         if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
@@ -396,13 +404,13 @@ async fn coordinate(options: Options) -> Result<()> {
     println!("coordinator listening on {address}");
 
     let mut clients = Clients::spawn(&options.task, &address)?;
-    join(&mut swarm, &clients).await?;
+    join(&mut swarm, &node, &clients).await?;
 
     let cohort = options.cohort.unwrap_or(options.task.clients as u32);
     let mut global = vec![0f32; ml::PARAMS];
     let mut curve = Vec::new();
     for number in 1..=options.rounds {
-        let report = run_round(&mut swarm, &federation, number, &options, cohort).await?;
+        let report = run_round(&mut swarm, &node, &federation, number, &options, cohort).await?;
         if let Some(params) = &report.params {
             global.clone_from(params);
         }
@@ -456,8 +464,9 @@ async fn coordinate(options: Options) -> Result<()> {
     Ok(())
 }
 
-/// Waits until the coordinator's registry holds every client.
-async fn join(swarm: &mut Swarm<Behaviour>, clients: &Clients) -> Result<()> {
+/// Waits until the coordinator's registry holds every client; `node` is
+/// the coordinator's Node.
+async fn join(swarm: &mut Swarm<Behaviour>, node: &NodeHandle, clients: &Clients) -> Result<()> {
     let started = Instant::now();
     let bar = ProgressBar::new(clients.peers.len() as u64).with_style(
         ProgressStyle::with_template("joining [{bar:24}] {pos}/{len} clients in the registry")
@@ -465,7 +474,7 @@ async fn join(swarm: &mut Swarm<Behaviour>, clients: &Clients) -> Result<()> {
     );
     let expected = &clients.peers;
     loop {
-        let view = registry::registry_view(swarm.behaviour_mut().node_mut());
+        let view = node.with_node(registry::registry_view).await?;
         let joined = expected.iter().filter(|p| view.contains(p)).count();
         bar.set_position(joined as u64);
         if joined == expected.len() {
@@ -493,10 +502,11 @@ async fn join(swarm: &mut Swarm<Behaviour>, clients: &Clients) -> Result<()> {
     Ok(())
 }
 
-/// Runs one round on the coordinator's swarm, with a progress bar of the
-/// updates it took.
+/// Runs one round on the coordinator's swarm and its Node (`node`), with a
+/// progress bar of the updates it took.
 async fn run_round(
     swarm: &mut Swarm<Behaviour>,
+    node: &NodeHandle,
     federation: &Federation,
     number: u64,
     options: &Options,
@@ -508,11 +518,9 @@ async fn run_round(
     );
     bar.set_prefix(format!("{number}/{}", options.rounds));
     bar.enable_steady_tick(Duration::from_millis(100));
-    let node = swarm.behaviour_mut().node_mut();
-    let mut round = Round::start(node, federation, number, cohort, options.round_deadline)?;
+    let mut round = Round::start(node, federation, number, cohort, options.round_deadline).await?;
     let report = loop {
-        let node = swarm.behaviour_mut().node_mut();
-        if let Some(report) = round.step(node, federation, Instant::now())? {
+        if let Some(report) = round.step(node, federation, Instant::now()).await? {
             break report;
         }
         let wake = tokio::time::Instant::from_std(round.wake_at());

@@ -1,19 +1,19 @@
 //! The coordinator's round loop around [`FedRound`](super::fed::FedRound):
 //! start a round, take the behaviour's events, close the round when every
 //! sampled client has answered (or cannot have got the parameters) or at
-//! its deadline, and report. It needs only the coordinator's [`Node`] and
-//! its behaviour's events: the example drives it over TCP or QUIC, the test
-//! over the memory transport.
+//! its deadline, and report. It needs only the coordinator's [`NodeHandle`]
+//! and its behaviour's events: the example drives it over TCP or QUIC, the
+//! test over the memory transport.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use bb_libp2p::{to_libp2p_peer, Event, SendFailure};
+use bb_libp2p::{to_libp2p_peer, Event, NodeHandle, SendFailure};
 use bb_runtime::engine::EngineStep;
 use bytesandbrains::aggregators::fedavg::FedAvgMeta;
 use bytesandbrains::syscall::values::PeerIdVecValue;
-use bytesandbrains::{Node, PeerId};
+use bytesandbrains::PeerId;
 
 use super::fed::{Federation, RoundCmd, UpdateInfo, LATE_UPDATE};
 
@@ -102,9 +102,10 @@ impl RoundReport {
 
 /// The coordinator's side of one round, driven by its host.
 ///
-/// [`Round::start`] invokes `round_cmd`; the host then hands it every
-/// event of the coordinator's behaviour ([`Round::on_event`]) and calls
-/// [`Round::step`] after each and at [`Round::wake_at`]. `step` closes the
+/// [`Round::start`] invokes `round_cmd` on the coordinator's Node, through
+/// its handle; the host then hands it every event of the coordinator's
+/// behaviour ([`Round::on_event`]) and calls [`Round::step`] after each and
+/// at [`Round::wake_at`]. `step` closes the
 /// round once every sampled client has answered or cannot have got the
 /// parameters, or at the deadline, and returns the report once the
 /// aggregate is out.
@@ -124,27 +125,33 @@ pub struct Round {
 }
 
 impl Round {
-    /// Starts round `number` on the coordinator's `node`: `cohort` clients
-    /// sampled from the registry, updates accepted for `budget`.
-    pub fn start(
-        node: &mut Node,
+    /// Starts round `number` on the coordinator's Node behind `node`:
+    /// `cohort` clients sampled from the registry, updates accepted for
+    /// `budget`.
+    pub async fn start(
+        node: &NodeHandle,
         federation: &Federation,
         number: u64,
         cohort: u32,
         budget: Duration,
     ) -> Result<Self, String> {
         let started = Instant::now();
-        // The behaviour moves the engine's clock before each engine cycle,
-        // so the engine's deadline falls no later than the host's.
-        let now_ns = node.engine_install_handle().framework.scheduler.now_ns();
-        let cmd = RoundCmd {
-            round: number,
-            cohort,
-            deadline_ns: now_ns.saturating_add(budget.as_nanos() as u64),
-        };
-        let cmd = bincode::serialize(&cmd).map_err(|e| e.to_string())?;
-        node.invoke(&federation.round_target, &[("round_cmd", &cmd)])
-            .map_err(|e| format!("round {number}: invoke round_cmd: {e:?}"))?;
+        let target = federation.round_target.clone();
+        node.with_node(move |node| {
+            // The behaviour moves the engine's clock before each engine
+            // cycle, so the engine's deadline falls no later than the host's.
+            let now_ns = node.engine_install_handle().framework.scheduler.now_ns();
+            let cmd = RoundCmd {
+                round: number,
+                cohort,
+                deadline_ns: now_ns.saturating_add(budget.as_nanos() as u64),
+            };
+            let cmd = bincode::serialize(&cmd).map_err(|e| e.to_string())?;
+            node.invoke(&target, &[("round_cmd", &cmd)])
+                .map_err(|e| format!("round {number}: invoke round_cmd: {e:?}"))
+        })
+        .await
+        .map_err(|e| format!("round {number}: {e}"))??;
         Ok(Self {
             number,
             started,
@@ -265,11 +272,12 @@ impl Round {
         })
     }
 
-    /// Closes the round when it is time, and returns its report once the
-    /// aggregate is out. `now` is the host's clock.
-    pub fn step(
+    /// Closes the round when it is time (invoking `close` on the Node
+    /// behind `node`), and returns its report once the aggregate is out.
+    /// `now` is the host's clock.
+    pub async fn step(
         &mut self,
-        node: &mut Node,
+        node: &NodeHandle,
         federation: &Federation,
         now: Instant,
     ) -> Result<Option<RoundReport>, String> {
@@ -285,9 +293,14 @@ impl Round {
                     // stays as it was.
                     return Ok(Some(self.report(now)));
                 }
-                let close = self.number.to_le_bytes();
-                node.invoke(&federation.round_target, &[("close", &close)])
-                    .map_err(|e| format!("round {}: invoke close: {e:?}", self.number))?;
+                let (number, target) = (self.number, federation.round_target.clone());
+                node.with_node(move |node| {
+                    let close = number.to_le_bytes();
+                    node.invoke(&target, &[("close", &close)])
+                        .map_err(|e| format!("round {number}: invoke close: {e:?}"))
+                })
+                .await
+                .map_err(|e| format!("round {number}: {e}"))??;
                 Ok(None)
             }
             Some(_) if self.aggregate.is_some() && self.aggregated_samples.is_some() => {
