@@ -1,57 +1,46 @@
 //! The [`Behaviour`]: a bytesandbrains `Node` as a libp2p `NetworkBehaviour`.
+//!
+//! This file holds the struct, its public API and the `NetworkBehaviour`
+//! impl; `routing.rs` routes steps, answers and outcomes, and
+//! `connections.rs` admits and tracks peers.
+
+mod connections;
+mod routing;
 
 use std::collections::{HashSet, VecDeque};
 use std::error::Error;
 use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bb_runtime::engine::EngineStep;
 use bb_runtime::envelope::WireEnvelope;
 use bb_runtime::errors::restore::RestoreError;
 use bb_runtime::node::Node;
 use bb_runtime::snapshot::NodeSnapshot;
-use futures::channel::{mpsc, oneshot};
-use futures::executor::block_on;
+use futures::channel::oneshot;
 use libp2p::core::transport::PortUse;
 use libp2p::core::Endpoint;
 use libp2p::peer_store::memory_store;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{
-    behaviour::ConnectionEstablished, CloseConnection, ConnectionClosed, ConnectionDenied,
-    ConnectionId, FromSwarm, NetworkBehaviour, NewExternalAddrOfPeer, THandler, THandlerInEvent,
-    THandlerOutEvent, ToSwarm,
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NewExternalAddrOfPeer, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId};
 
-use crate::ack;
 use crate::address_book::{BookChanges, PeerBook};
-use crate::codec::{Codec, Request, PROTOCOL_NAME};
+use crate::codec::{Codec, PROTOCOL_NAME};
 use crate::compat;
-use crate::engine::host::{send_job, Host, HostStats, Init, Job, Links};
-use crate::engine::lane::lane;
+use crate::engine::host::{send_job, Host, Job};
 use crate::engine::link::EngineLink;
-use crate::engine::message::{FromEngine, HealthRecord, ToEngine};
-use crate::engine::pool::Start;
+use crate::engine::start::{self, Started};
 use crate::engine::{EnginePool, NodeHandle};
 use crate::error::{SnapshotFailed, StartError};
-use crate::event::{Event, PeerDenied, RejectKind, Rejection, SendFailure};
-use crate::health::{Health, Transition};
+use crate::event::{Event, Rejection};
+use crate::health::Health;
 use crate::inbound::Inbound;
-use crate::outbound::{Link, Outbound, Outcome};
-use crate::peer::{peer_of_address, to_libp2p_peer};
+use crate::outbound::{Link, Outbound};
 use crate::stats::WireStats;
 use crate::Config;
-
-/// Steps the engine may hand the swarm before it waits for the swarm.
-const STEP_LANE: usize = 1024;
-
-/// Control messages to the engine thread before the swarm holds them.
-const CONTROL_LANE: usize = 1024;
-
-/// Handle calls waiting for the engine thread before callers wait.
-const JOB_QUEUE: usize = 64;
 
 /// Runs a bytesandbrains [`Node`] over libp2p, with the Node on an engine
 /// thread of its own (or of an [`EnginePool`]).
@@ -153,57 +142,17 @@ impl Behaviour {
         F: FnOnce() -> Result<Node, E> + Send + 'static,
         E: Into<Box<dyn Error + Send + Sync>>,
     {
-        let (control, control_rx) = lane(CONTROL_LANE);
-        let (steps_tx, steps) = lane(STEP_LANE);
-        let (jobs, jobs_rx) = mpsc::channel(JOB_QUEUE);
-        let stats = Arc::new(HostStats::default());
-        let links = Links {
-            control: control_rx,
-            out: steps_tx,
-            jobs: jobs_rx,
-            stats: Arc::clone(&stats),
-            emit_op_steps: config.op_steps(),
-        };
-        let (init_tx, init_rx) = oneshot::channel::<Result<Init, StartError>>();
-        let start: Start = Box::new(move || {
-            Box::pin(async move {
-                let node = match catch_unwind(AssertUnwindSafe(make_node)) {
-                    Ok(Ok(node)) => node,
-                    Ok(Err(e)) => {
-                        let _ = init_tx.send(Err(StartError::Install(e.into())));
-                        return;
-                    }
-                    Err(panic) => {
-                        let why = panic_message(&panic);
-                        let _ = init_tx.send(Err(StartError::Install(why.into())));
-                        return;
-                    }
-                };
-                let (host, init) = Host::new(node, links);
-                if init_tx.send(Ok(init)).is_ok() {
-                    host.await;
-                }
-            })
-        });
-        pool.start(start).map_err(|_| StartError::EngineStopped)?;
-        // Quick: the closure installs and the host reads a few fields.
-        let init = block_on(init_rx).map_err(|_| StartError::EngineStopped)??;
-        Ok(Self::wire_up(
-            init,
-            config,
-            jobs,
-            stats,
-            EngineLink::new(control, steps),
-        ))
+        let started = start::start(pool, make_node, config.op_steps())?;
+        Ok(Self::wire_up(started, config))
     }
 
-    fn wire_up(
-        init: Init,
-        config: Config,
-        jobs: mpsc::Sender<Job>,
-        stats: Arc<HostStats>,
-        engine: EngineLink,
-    ) -> Self {
+    fn wire_up(started: Started, config: Config) -> Self {
+        let Started {
+            init,
+            jobs,
+            stats,
+            link: engine,
+        } = started;
         let max_ingress = config
             .max_ingress_envelopes()
             .unwrap_or_else(|| init.ingress.capacity());
@@ -369,339 +318,6 @@ impl Behaviour {
                 .map_err(SnapshotFailed::Engine)
         }
     }
-
-    /// Routes one step of the engine.
-    fn on_engine(&mut self, output: FromEngine) {
-        match output {
-            FromEngine::Send(envelope) => self.send(envelope),
-            FromEngine::Step(step) => self.on_step(step),
-            FromEngine::Policy(policy) => {
-                if self.health.set_policy(policy) {
-                    self.enforce_policy();
-                }
-            }
-            FromEngine::BootstrapFailed(error) => self.report(Event::BootstrapFailed(error)),
-            FromEngine::BookRefused(peer) => self.peers.refused(&peer),
-        }
-    }
-
-    fn on_step(&mut self, step: EngineStep) {
-        let event = match step {
-            EngineStep::AppEvent {
-                module_name,
-                topic,
-                value_bytes,
-            } => Event::AppEvent {
-                module_name,
-                topic,
-                value_bytes,
-            },
-            EngineStep::OutboundDropped { count } => Event::OutboundDropped { count },
-            // Declared by the engine 0.3.8 but never emitted; reported the
-            // same way as the transitions this behaviour sees itself.
-            EngineStep::PeerDown { peer } => match to_libp2p_peer(&peer) {
-                Ok(peer) => Event::PeerDown {
-                    peer,
-                    consecutive_failures: 0,
-                },
-                Err(_) => Event::Engine(EngineStep::PeerDown { peer }),
-            },
-            EngineStep::PeerUp { peer } => match to_libp2p_peer(&peer) {
-                Ok(peer) => Event::PeerUp { peer },
-                Err(_) => Event::Engine(EngineStep::PeerUp { peer }),
-            },
-            step => Event::Engine(step),
-        };
-        self.report(event);
-    }
-
-    fn send(&mut self, envelope: WireEnvelope) {
-        let wire_req_id = envelope.correlation.as_ref().map_or(0, |c| c.wire_req_id);
-        let Some(peer) = envelope
-            .dest_peer_addresses
-            .iter()
-            .find_map(|a| peer_of_address(a))
-        else {
-            return self.fail(None, wire_req_id, SendFailure::NoDestination);
-        };
-        if Some(peer) == self.local_peer {
-            // A class that sends to its other instances may include itself.
-            return match self.accept(peer, envelope) {
-                Ok(()) => self.on_outcome(Outcome::Acknowledged { peer, wire_req_id }),
-                Err(rejection) => {
-                    self.fail(Some(peer), wire_req_id, SendFailure::Rejected(rejection))
-                }
-            };
-        }
-        let mut link = Link {
-            inner: &mut self.inner,
-            health: &self.health,
-            peers: &self.peers,
-            stats: self.inbound.stats_mut(),
-        };
-        self.outbound.send(&mut link, peer, envelope);
-    }
-
-    fn on_outcome(&mut self, outcome: Outcome) {
-        match outcome {
-            Outcome::Acknowledged { peer, wire_req_id } => {
-                let (recorded, transition) = self.health.answered(peer);
-                if recorded {
-                    self.engine
-                        .tell(ToEngine::Health(peer, HealthRecord::Success));
-                }
-                self.report_transition(peer, transition);
-                self.report(Event::EnvelopeAcknowledged {
-                    peer,
-                    wire_req_id: (wire_req_id != 0).then_some(wire_req_id),
-                });
-            }
-            Outcome::Failed {
-                peer,
-                wire_req_id,
-                reason,
-            } => self.fail(peer, wire_req_id, reason),
-            Outcome::Busy { peer, retry_in } => {
-                self.health.busy(peer, retry_in);
-                let wait_ns = u64::try_from(retry_in.as_nanos()).unwrap_or(u64::MAX);
-                self.engine
-                    .tell(ToEngine::Health(peer, HealthRecord::Advisory { wait_ns }));
-                self.report(Event::BackoffAdvised {
-                    peer,
-                    retry_in,
-                    cause: bb_runtime::framework::BackoffCause::QueueFull,
-                });
-            }
-        }
-    }
-
-    fn fail(&mut self, peer: Option<PeerId>, wire_req_id: u64, reason: SendFailure) {
-        // Envelopes in flight when their peer was denied fail as closed
-        // connections or refused dials: they were denied, not unanswered.
-        let reason = match peer
-            .filter(|_| reason.is_unreachable())
-            .and_then(|p| self.health.denial(&p))
-        {
-            Some(denial) => SendFailure::Denied(denial),
-            None => reason,
-        };
-        tracing::debug!(?peer, wire_req_id, %reason, "envelope not delivered");
-        if let Some(peer) = peer.filter(|_| reason.is_unreachable()) {
-            let transition = self.health.failed(peer);
-            self.engine
-                .tell(ToEngine::Health(peer, HealthRecord::Failure));
-            self.report_transition(peer, transition);
-        }
-        self.engine.tell(ToEngine::SendFailed {
-            wire_req_id,
-            peer,
-            label: reason.label(),
-            detail: reason.to_string(),
-        });
-        self.report(Event::SendFailed {
-            peer,
-            wire_req_id: (wire_req_id != 0).then_some(wire_req_id),
-            reason,
-        });
-    }
-
-    fn report(&mut self, event: Event) {
-        self.pending.push_back(ToSwarm::GenerateEvent(event));
-    }
-
-    fn report_transition(&mut self, peer: PeerId, transition: Option<Transition>) {
-        match transition {
-            Some(Transition::Down {
-                consecutive_failures,
-            }) => {
-                tracing::debug!(%peer, consecutive_failures, "peer down");
-                self.report(Event::PeerDown {
-                    peer,
-                    consecutive_failures,
-                });
-            }
-            Some(Transition::Up) => {
-                tracing::debug!(%peer, "peer up");
-                self.report(Event::PeerUp { peer });
-            }
-            None => {}
-        }
-    }
-
-    fn on_wire_event(&mut self, event: request_response::Event<Request, crate::codec::Ack>) {
-        use request_response::{Event as Wire, Message};
-        match event {
-            Wire::Message {
-                peer,
-                connection_id,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-            } => {
-                let verdict = match request {
-                    Request::Envelope(envelope) => {
-                        self.accept(peer, Arc::unwrap_or_clone(envelope))
-                    }
-                    Request::Invalid(rejection) => Err(rejection),
-                };
-                let answer = match verdict {
-                    Ok(()) => ack::accepted(),
-                    Err(rejection) => {
-                        tracing::debug!(%peer, %rejection, "inbound envelope rejected");
-                        let answer = ack::rejected(&rejection);
-                        self.report(Event::InboundRejected {
-                            peer,
-                            connection_id: Some(connection_id),
-                            rejection,
-                        });
-                        answer
-                    }
-                };
-                // A closed channel means the stream already failed; the
-                // inner behaviour reports that as an InboundFailure.
-                let _ = self.inner.send_response(channel, answer);
-            }
-            Wire::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => self.outbound.on_response(request_id, &response),
-            Wire::OutboundFailure {
-                request_id, error, ..
-            } => self.outbound.on_failure(request_id, error),
-            Wire::InboundFailure {
-                peer,
-                connection_id,
-                error,
-                ..
-            } => {
-                let kind = match error {
-                    request_response::InboundFailure::Timeout => RejectKind::Timeout,
-                    _ => RejectKind::Stream,
-                };
-                self.report(Event::InboundRejected {
-                    peer,
-                    connection_id: Some(connection_id),
-                    rejection: Rejection::new(kind, error.to_string()),
-                });
-            }
-            Wire::ResponseSent { .. } => {}
-        }
-    }
-
-    /// Hands a decoded envelope from `peer` to the engine.
-    fn accept(&mut self, peer: PeerId, envelope: WireEnvelope) -> Result<(), Rejection> {
-        let Some(advice) = self.inbound.accept(&self.health, peer, envelope)? else {
-            return Ok(());
-        };
-        let transition = self.health.advised(peer, advice.retry_in);
-        self.report_transition(peer, transition);
-        self.report(Event::BackoffAdvised {
-            peer,
-            retry_in: advice.retry_in,
-            cause: advice.cause,
-        });
-        Ok(())
-    }
-
-    fn tell_book(&mut self, changes: BookChanges) {
-        for (peer, hold) in changes.0 {
-            self.engine.tell(ToEngine::Book(peer, hold));
-        }
-    }
-
-    /// Makes `peer` resolvable by the engine's `wire.Send` through a learned
-    /// address.
-    fn learn(&mut self, peer: PeerId, address: &Multiaddr) {
-        if Some(peer) == self.local_peer {
-            return;
-        }
-        let mut changes = BookChanges::default();
-        let _ = self.peers.learn(&mut changes, peer, address);
-        self.tell_book(changes);
-    }
-
-    fn on_connection_established(&mut self, established: &ConnectionEstablished) {
-        let peer = established.peer_id;
-        let dialed = established
-            .endpoint
-            .is_dialer()
-            .then(|| established.endpoint.get_remote_address());
-        let mut changes = BookChanges::default();
-        let _ = self.peers.connected(&mut changes, peer, dialed);
-        self.tell_book(changes);
-        // Admitted, so no longer on its way out: a later denial closes it
-        // again. (A connection is no answer: a peer that accepts and drops it
-        // keeps its failure streak; only an acknowledgement clears that.)
-        self.disconnecting.remove(&peer);
-    }
-
-    fn on_connection_closed(&mut self, closed: &ConnectionClosed) {
-        let peer = closed.peer_id;
-        let mut changes = BookChanges::default();
-        self.peers
-            .disconnected(&mut changes, peer, closed.remaining_established);
-        self.tell_book(changes);
-        if closed.remaining_established == 0 {
-            self.disconnecting.remove(&peer);
-        }
-    }
-
-    /// Refuses a connection with a denied peer.
-    fn admit(
-        &mut self,
-        peer: PeerId,
-        connection_id: ConnectionId,
-        endpoint: Endpoint,
-    ) -> Result<(), ConnectionDenied> {
-        let Some(reason) = self.health.denial(&peer) else {
-            return Ok(());
-        };
-        tracing::debug!(%peer, %reason, ?endpoint, "connection denied");
-        self.report(Event::ConnectionDenied {
-            peer,
-            connection_id,
-            endpoint,
-            reason,
-        });
-        Err(ConnectionDenied::new(PeerDenied { peer, reason }))
-    }
-
-    /// Closes the connections of connected peers the Node now denies.
-    fn enforce_policy(&mut self) {
-        let health = &self.health;
-        // A peer unblocked and blocked again while its old connection closes
-        // must be closed again.
-        self.disconnecting.retain(|p| health.denial(p).is_some());
-        let denied: Vec<_> = self
-            .peers
-            .connected_peers()
-            .filter(|p| !self.disconnecting.contains(p))
-            .filter_map(|p| health.denial(&p).map(|d| (p, d)))
-            .collect();
-        for (peer, reason) in denied {
-            tracing::debug!(%peer, %reason, "closing a denied peer's connections");
-            self.disconnecting.insert(peer);
-            self.pending.push_back(ToSwarm::CloseConnection {
-                peer_id: peer,
-                connection: CloseConnection::All,
-            });
-            self.report(Event::PeerDisconnected { peer, reason });
-        }
-    }
-}
-
-/// What a panic said, if it said it in words.
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "the closure panicked".to_string())
 }
 
 impl NetworkBehaviour for Behaviour {

@@ -23,6 +23,7 @@ pub(crate) mod lane;
 pub(crate) mod link;
 pub(crate) mod message;
 pub(crate) mod pool;
+pub(crate) mod start;
 
 pub use handle::{AppEvents, NodeHandle};
 pub use pool::EnginePool;

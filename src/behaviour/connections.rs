@@ -1,0 +1,102 @@
+//! Connections and peers: admission, the peers the engine can resolve, and
+//! closing the connections of peers the Node now denies.
+
+use libp2p::core::Endpoint;
+use libp2p::swarm::{
+    behaviour::ConnectionEstablished, CloseConnection, ConnectionClosed, ConnectionDenied,
+    ConnectionId, ToSwarm,
+};
+use libp2p::{Multiaddr, PeerId};
+
+use super::Behaviour;
+use crate::address_book::BookChanges;
+use crate::engine::message::ToEngine;
+use crate::event::{Event, PeerDenied};
+
+impl Behaviour {
+    pub(super) fn tell_book(&mut self, changes: BookChanges) {
+        for (peer, hold) in changes.0 {
+            self.engine.tell(ToEngine::Book(peer, hold));
+        }
+    }
+
+    /// Makes `peer` resolvable by the engine's `wire.Send` through a learned
+    /// address.
+    pub(super) fn learn(&mut self, peer: PeerId, address: &Multiaddr) {
+        if Some(peer) == self.local_peer {
+            return;
+        }
+        let mut changes = BookChanges::default();
+        let _ = self.peers.learn(&mut changes, peer, address);
+        self.tell_book(changes);
+    }
+
+    pub(super) fn on_connection_established(&mut self, established: &ConnectionEstablished) {
+        let peer = established.peer_id;
+        let dialed = established
+            .endpoint
+            .is_dialer()
+            .then(|| established.endpoint.get_remote_address());
+        let mut changes = BookChanges::default();
+        let _ = self.peers.connected(&mut changes, peer, dialed);
+        self.tell_book(changes);
+        // Admitted, so no longer on its way out: a later denial closes it
+        // again. (A connection is no answer: a peer that accepts and drops it
+        // keeps its failure streak; only an acknowledgement clears that.)
+        self.disconnecting.remove(&peer);
+    }
+
+    pub(super) fn on_connection_closed(&mut self, closed: &ConnectionClosed) {
+        let peer = closed.peer_id;
+        let mut changes = BookChanges::default();
+        self.peers
+            .disconnected(&mut changes, peer, closed.remaining_established);
+        self.tell_book(changes);
+        if closed.remaining_established == 0 {
+            self.disconnecting.remove(&peer);
+        }
+    }
+
+    /// Refuses a connection with a denied peer.
+    pub(super) fn admit(
+        &mut self,
+        peer: PeerId,
+        connection_id: ConnectionId,
+        endpoint: Endpoint,
+    ) -> Result<(), ConnectionDenied> {
+        let Some(reason) = self.health.denial(&peer) else {
+            return Ok(());
+        };
+        tracing::debug!(%peer, %reason, ?endpoint, "connection denied");
+        self.report(Event::ConnectionDenied {
+            peer,
+            connection_id,
+            endpoint,
+            reason,
+        });
+        Err(ConnectionDenied::new(PeerDenied { peer, reason }))
+    }
+
+    /// Closes the connections of connected peers the Node now denies.
+    pub(super) fn enforce_policy(&mut self) {
+        let health = &self.health;
+        // A peer unblocked and blocked again while its old connection closes
+        // must be closed again.
+        self.disconnecting.retain(|p| health.denial(p).is_some());
+        let denied: Vec<_> = self
+            .peers
+            .connected_peers()
+            .filter(|p| !self.disconnecting.contains(p))
+            .filter_map(|p| health.denial(&p).map(|d| (p, d)))
+            .collect();
+        for (peer, reason) in denied {
+            tracing::debug!(%peer, %reason, "closing a denied peer's connections");
+            self.disconnecting.insert(peer);
+            self.pending.push_back(ToSwarm::CloseConnection {
+                peer_id: peer,
+                connection: CloseConnection::All,
+            });
+            self.report(Event::PeerDisconnected { peer, reason });
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! How the behaviour routes what happens: the engine's steps, the wire's
+//! requests and answers, and each envelope's outcome, into sends, health
+//! records, messages to the engine thread and events.
+
+use std::sync::Arc;
+
+use bb_runtime::engine::EngineStep;
+use bb_runtime::envelope::WireEnvelope;
+use libp2p::request_response;
+use libp2p::swarm::ToSwarm;
+use libp2p::PeerId;
+
+use super::Behaviour;
+use crate::ack;
+use crate::codec::Request;
+use crate::engine::message::{FromEngine, HealthRecord, ToEngine};
+use crate::event::{Event, RejectKind, Rejection, SendFailure};
+use crate::health::Transition;
+use crate::outbound::{Link, Outcome};
+use crate::peer::{peer_of_address, to_libp2p_peer};
+
+impl Behaviour {
+    /// Routes one step of the engine.
+    pub(super) fn on_engine(&mut self, output: FromEngine) {
+        match output {
+            FromEngine::Send(envelope) => self.send(envelope),
+            FromEngine::Step(step) => self.on_step(step),
+            FromEngine::Policy(policy) => {
+                if self.health.set_policy(policy) {
+                    self.enforce_policy();
+                }
+            }
+            FromEngine::BootstrapFailed(error) => self.report(Event::BootstrapFailed(error)),
+            FromEngine::BookRefused(peer) => self.peers.refused(&peer),
+        }
+    }
+
+    pub(super) fn on_step(&mut self, step: EngineStep) {
+        let event = match step {
+            EngineStep::AppEvent {
+                module_name,
+                topic,
+                value_bytes,
+            } => Event::AppEvent {
+                module_name,
+                topic,
+                value_bytes,
+            },
+            EngineStep::OutboundDropped { count } => Event::OutboundDropped { count },
+            // Declared by the engine 0.3.8 but never emitted; reported the
+            // same way as the transitions this behaviour sees itself.
+            EngineStep::PeerDown { peer } => match to_libp2p_peer(&peer) {
+                Ok(peer) => Event::PeerDown {
+                    peer,
+                    consecutive_failures: 0,
+                },
+                Err(_) => Event::Engine(EngineStep::PeerDown { peer }),
+            },
+            EngineStep::PeerUp { peer } => match to_libp2p_peer(&peer) {
+                Ok(peer) => Event::PeerUp { peer },
+                Err(_) => Event::Engine(EngineStep::PeerUp { peer }),
+            },
+            step => Event::Engine(step),
+        };
+        self.report(event);
+    }
+
+    pub(super) fn send(&mut self, envelope: WireEnvelope) {
+        let wire_req_id = envelope.correlation.as_ref().map_or(0, |c| c.wire_req_id);
+        let Some(peer) = envelope
+            .dest_peer_addresses
+            .iter()
+            .find_map(|a| peer_of_address(a))
+        else {
+            return self.fail(None, wire_req_id, SendFailure::NoDestination);
+        };
+        if Some(peer) == self.local_peer {
+            // A class that sends to its other instances may include itself.
+            return match self.accept(peer, envelope) {
+                Ok(()) => self.on_outcome(Outcome::Acknowledged { peer, wire_req_id }),
+                Err(rejection) => {
+                    self.fail(Some(peer), wire_req_id, SendFailure::Rejected(rejection))
+                }
+            };
+        }
+        let mut link = Link {
+            inner: &mut self.inner,
+            health: &self.health,
+            peers: &self.peers,
+            stats: self.inbound.stats_mut(),
+        };
+        self.outbound.send(&mut link, peer, envelope);
+    }
+
+    pub(super) fn on_outcome(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Acknowledged { peer, wire_req_id } => {
+                let (recorded, transition) = self.health.answered(peer);
+                if recorded {
+                    self.engine
+                        .tell(ToEngine::Health(peer, HealthRecord::Success));
+                }
+                self.report_transition(peer, transition);
+                self.report(Event::EnvelopeAcknowledged {
+                    peer,
+                    wire_req_id: (wire_req_id != 0).then_some(wire_req_id),
+                });
+            }
+            Outcome::Failed {
+                peer,
+                wire_req_id,
+                reason,
+            } => self.fail(peer, wire_req_id, reason),
+            Outcome::Busy { peer, retry_in } => {
+                self.health.busy(peer, retry_in);
+                let wait_ns = u64::try_from(retry_in.as_nanos()).unwrap_or(u64::MAX);
+                self.engine
+                    .tell(ToEngine::Health(peer, HealthRecord::Advisory { wait_ns }));
+                self.report(Event::BackoffAdvised {
+                    peer,
+                    retry_in,
+                    cause: bb_runtime::framework::BackoffCause::QueueFull,
+                });
+            }
+        }
+    }
+
+    pub(super) fn fail(&mut self, peer: Option<PeerId>, wire_req_id: u64, reason: SendFailure) {
+        // Envelopes in flight when their peer was denied fail as closed
+        // connections or refused dials: they were denied, not unanswered.
+        let reason = match peer
+            .filter(|_| reason.is_unreachable())
+            .and_then(|p| self.health.denial(&p))
+        {
+            Some(denial) => SendFailure::Denied(denial),
+            None => reason,
+        };
+        tracing::debug!(?peer, wire_req_id, %reason, "envelope not delivered");
+        if let Some(peer) = peer.filter(|_| reason.is_unreachable()) {
+            let transition = self.health.failed(peer);
+            self.engine
+                .tell(ToEngine::Health(peer, HealthRecord::Failure));
+            self.report_transition(peer, transition);
+        }
+        self.engine.tell(ToEngine::SendFailed {
+            wire_req_id,
+            peer,
+            label: reason.label(),
+            detail: reason.to_string(),
+        });
+        self.report(Event::SendFailed {
+            peer,
+            wire_req_id: (wire_req_id != 0).then_some(wire_req_id),
+            reason,
+        });
+    }
+
+    pub(super) fn report(&mut self, event: Event) {
+        self.pending.push_back(ToSwarm::GenerateEvent(event));
+    }
+
+    pub(super) fn report_transition(&mut self, peer: PeerId, transition: Option<Transition>) {
+        match transition {
+            Some(Transition::Down {
+                consecutive_failures,
+            }) => {
+                tracing::debug!(%peer, consecutive_failures, "peer down");
+                self.report(Event::PeerDown {
+                    peer,
+                    consecutive_failures,
+                });
+            }
+            Some(Transition::Up) => {
+                tracing::debug!(%peer, "peer up");
+                self.report(Event::PeerUp { peer });
+            }
+            None => {}
+        }
+    }
+
+    pub(super) fn on_wire_event(
+        &mut self,
+        event: request_response::Event<Request, crate::codec::Ack>,
+    ) {
+        use request_response::{Event as Wire, Message};
+        match event {
+            Wire::Message {
+                peer,
+                connection_id,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+            } => {
+                let verdict = match request {
+                    Request::Envelope(envelope) => {
+                        self.accept(peer, Arc::unwrap_or_clone(envelope))
+                    }
+                    Request::Invalid(rejection) => Err(rejection),
+                };
+                let answer = match verdict {
+                    Ok(()) => ack::accepted(),
+                    Err(rejection) => {
+                        tracing::debug!(%peer, %rejection, "inbound envelope rejected");
+                        let answer = ack::rejected(&rejection);
+                        self.report(Event::InboundRejected {
+                            peer,
+                            connection_id: Some(connection_id),
+                            rejection,
+                        });
+                        answer
+                    }
+                };
+                // A closed channel means the stream already failed; the
+                // inner behaviour reports that as an InboundFailure.
+                let _ = self.inner.send_response(channel, answer);
+            }
+            Wire::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => self.outbound.on_response(request_id, &response),
+            Wire::OutboundFailure {
+                request_id, error, ..
+            } => self.outbound.on_failure(request_id, error),
+            Wire::InboundFailure {
+                peer,
+                connection_id,
+                error,
+                ..
+            } => {
+                let kind = match error {
+                    request_response::InboundFailure::Timeout => RejectKind::Timeout,
+                    _ => RejectKind::Stream,
+                };
+                self.report(Event::InboundRejected {
+                    peer,
+                    connection_id: Some(connection_id),
+                    rejection: Rejection::new(kind, error.to_string()),
+                });
+            }
+            Wire::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Hands a decoded envelope from `peer` to the engine.
+    pub(super) fn accept(&mut self, peer: PeerId, envelope: WireEnvelope) -> Result<(), Rejection> {
+        let Some(advice) = self.inbound.accept(&self.health, peer, envelope)? else {
+            return Ok(());
+        };
+        let transition = self.health.advised(peer, advice.retry_in);
+        self.report_transition(peer, transition);
+        self.report(Event::BackoffAdvised {
+            peer,
+            retry_in: advice.retry_in,
+            cause: advice.cause,
+        });
+        Ok(())
+    }
+}
