@@ -277,7 +277,9 @@ impl Behaviour {
 
     /// Outbound envelopes waiting to be sent (for room under the in-flight
     /// bound, or for a busy peer's back-off); at most
-    /// [`Config::with_max_queued_envelopes`].
+    /// [`Config::with_max_queued_envelopes`], plus the envelopes a busy peer
+    /// refused, which wait here for their retry (those came off the wire, so
+    /// in flight and queued together stay within both bounds).
     pub fn envelopes_queued(&self) -> usize {
         self.outbound.queued()
     }

@@ -96,7 +96,9 @@ impl Config {
 
     /// Sets how many outbound envelopes may wait to be sent (at least 1);
     /// when full, the oldest fails with
-    /// [`SendFailure::QueueFull`](crate::SendFailure::QueueFull).
+    /// [`SendFailure::QueueFull`](crate::SendFailure::QueueFull). An
+    /// envelope a busy peer refused waits for its retry in the queue
+    /// without evicting another: it was in flight a moment ago.
     pub fn with_max_queued_envelopes(mut self, envelopes: usize) -> Self {
         self.max_queued_envelopes = envelopes.max(1);
         self

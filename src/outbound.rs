@@ -40,15 +40,21 @@ const BUSY_WAIT: Duration = Duration::from_millis(10);
 #[derive(Debug)]
 pub(crate) enum Outcome {
     /// The peer's engine took it.
-    Acknowledged { peer: PeerId, wire_req_id: u64 },
+    Acknowledged {
+        peer: PeerId,
+        wire_req_id: Option<u64>,
+    },
     /// It will not be delivered.
     Failed {
         peer: Option<PeerId>,
-        wire_req_id: u64,
+        wire_req_id: Option<u64>,
         reason: SendFailure,
     },
     /// The peer answered busy: the envelope waits `retry_in` and goes again.
     Busy { peer: PeerId, retry_in: Duration },
+    /// Envelopes that waited went on the wire: the inner behaviour has
+    /// requests to hand on (it does not wake the task for them itself).
+    Released,
 }
 
 /// What the outbound side reads and uses of the rest of the behaviour.
@@ -128,7 +134,7 @@ impl Outbound {
 
     /// Sends `envelope` to `peer` now, or queues it.
     pub(crate) fn send(&mut self, link: &mut Link<'_>, peer: PeerId, envelope: WireEnvelope) {
-        let wire_req_id = envelope.correlation.as_ref().map_or(0, |c| c.wire_req_id);
+        let wire_req_id = envelope.correlation.as_ref().map(|c| c.wire_req_id);
         let fail = |reason| Outcome::Failed {
             peer: Some(peer),
             wire_req_id,
@@ -216,9 +222,10 @@ impl Outbound {
             return Poll::Ready(outcome);
         }
         self.expire_deadlines(cx);
-        self.release(cx, link);
+        let released = self.release(cx, link);
         match self.outcomes.pop_front() {
             Some(outcome) => Poll::Ready(outcome),
+            None if released => Poll::Ready(Outcome::Released),
             None => Poll::Pending,
         }
     }
@@ -242,9 +249,12 @@ impl Outbound {
         Some(outgoing)
     }
 
+    /// Queues `outgoing`. A retry goes first and evicts nothing: it was on
+    /// the wire a moment ago, so what this side holds does not grow.
     fn queue(&mut self, outgoing: Outgoing, retry: bool) {
         let evicted = if retry {
-            self.outbox.push_front(outgoing)
+            self.outbox.push_retry(outgoing);
+            None
         } else {
             self.outbox.push(outgoing)
         };
@@ -286,7 +296,7 @@ impl Outbound {
         let envelope = &outgoing.envelope;
         outgoing.since = Instant::now();
         let (peer, size) = (outgoing.peer, envelope.encoded_len());
-        tracing::debug!(%peer, wire_req_id = outgoing.wire_req_id, size, "sending envelope");
+        tracing::debug!(%peer, wire_req_id = ?outgoing.wire_req_id, size, "sending envelope");
         link.stats.envelopes_sent += 1;
         link.stats.bytes_sent += size as u64;
         let budget = Duration::from_nanos(envelope.remaining_deadline_ns);
@@ -341,8 +351,8 @@ impl Outbound {
     }
 
     /// Sends what waited and may go now; arms the timer for the earliest
-    /// busy peer's wait.
-    fn release(&mut self, cx: &mut Context<'_>, link: &mut Link<'_>) {
+    /// busy peer's wait. `true` when any went.
+    fn release(&mut self, cx: &mut Context<'_>, link: &mut Link<'_>) -> bool {
         if let Some(timer) = self.outbox_timer.as_mut() {
             if timer.poll_unpin(cx).is_ready() {
                 self.outbox_timer = None;
@@ -350,12 +360,13 @@ impl Outbound {
             }
         }
         if !std::mem::take(&mut self.outbox_changed) {
-            return;
+            return false;
         }
         if self.outbox.is_empty() {
             self.outbox_timer = None;
-            return;
+            return false;
         }
+        let mut sent = false;
         let mut waits: HashMap<PeerId, bool> = HashMap::new();
         // An envelope can fail as it goes (its deadline passed while it
         // waited), leaving room for the next: go on until none moves.
@@ -381,6 +392,7 @@ impl Outbound {
             }
             for outgoing in ready {
                 self.transmit(link, outgoing);
+                sent = true;
             }
         }
         let next = self
@@ -394,6 +406,7 @@ impl Outbound {
             let _ = timer.poll_unpin(cx);
             timer
         });
+        sent
     }
 
     /// The peer refused `outgoing` because its engine's ingress was full:

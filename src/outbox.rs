@@ -12,7 +12,9 @@ use libp2p::PeerId;
 #[derive(Debug)]
 pub(crate) struct Outgoing {
     pub(crate) peer: PeerId,
-    pub(crate) wire_req_id: u64,
+    /// The engine's id for the envelope's request, when it has one (the
+    /// first id the engine mints is 0).
+    pub(crate) wire_req_id: Option<u64>,
     /// Shared with the request while it is on the wire, so that a retry
     /// or a snapshot needs no copy kept beside it.
     pub(crate) envelope: Arc<WireEnvelope>,
@@ -47,14 +49,11 @@ impl Outbox {
         evicted
     }
 
-    /// Queues `outgoing` ahead of the others (a retry keeps its place in
-    /// its peer's order); when full, the newest envelope is returned.
-    pub(crate) fn push_front(&mut self, outgoing: Outgoing) -> Option<Outgoing> {
-        let evicted = (self.queue.len() == self.cap)
-            .then(|| self.queue.pop_back())
-            .flatten();
+    /// Queues a retry ahead of the others (it keeps its place in its
+    /// peer's order), past the cap if need be: it comes from the in-flight
+    /// table, whose own bound bounds these.
+    pub(crate) fn push_retry(&mut self, outgoing: Outgoing) {
         self.queue.push_front(outgoing);
-        evicted
     }
 
     /// Removes, in order, up to `room` envelopes whose peer `may_send`,
@@ -108,7 +107,7 @@ mod tests {
     fn out(peer: PeerId, id: u64) -> Outgoing {
         Outgoing {
             peer,
-            wire_req_id: id,
+            wire_req_id: Some(id),
             envelope: Arc::default(),
             busy_answers: 0,
             since: Instant::now(),
@@ -116,7 +115,7 @@ mod tests {
     }
 
     fn ids(v: &[Outgoing]) -> Vec<u64> {
-        v.iter().map(|o| o.wire_req_id).collect()
+        v.iter().map(|o| o.wire_req_id.unwrap()).collect()
     }
 
     #[test]
@@ -125,9 +124,10 @@ mod tests {
         let mut outbox = Outbox::new(2);
         assert!(outbox.push(out(p, 1)).is_none());
         assert!(outbox.push(out(p, 2)).is_none());
-        assert_eq!(outbox.push(out(p, 3)).map(|o| o.wire_req_id), Some(1));
-        assert_eq!(outbox.push_front(out(p, 0)).map(|o| o.wire_req_id), Some(3));
-        assert_eq!(ids(&outbox.take_ready(9, |_| true)), [0, 2]);
+        assert_eq!(outbox.push(out(p, 3)).and_then(|o| o.wire_req_id), Some(1));
+        outbox.push_retry(out(p, 0));
+        assert_eq!(outbox.len(), 3);
+        assert_eq!(ids(&outbox.take_ready(9, |_| true)), [0, 2, 3]);
     }
 
     #[test]

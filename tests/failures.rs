@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bb_libp2p::{Behaviour, Config, Event, RejectKind, Rejection, SendFailure};
 use bb_runtime::engine::EngineStep;
-use common::models::{compile, install, send_value, Other, Ping};
+use common::models::{bb_behaviour, compile, install, send_value, Other, Ping};
 use common::{connect, memory_swarm, raw_wire, run_for, until};
 use futures::channel::mpsc;
 use futures::StreamExt;
@@ -19,28 +19,36 @@ const TIMEOUT: Duration = Duration::from_millis(800);
 
 /// A Ping sender whose Node can resolve `dest` (as if the engine had
 /// learned of it) and has sent it one value.
-fn sender_to(dest: PeerId, config: Config) -> (Swarm<Behaviour>, u64) {
+fn sender_to(dest: PeerId, config: Config) -> (Swarm<Behaviour>, Option<u64>) {
     let (mut a, id) = idle_sender_to(dest, config);
     send_one(&mut a, dest);
     (a, id)
 }
 
-fn idle_sender_to(dest: PeerId, config: Config) -> (Swarm<Behaviour>, u64) {
+fn idle_sender_to(dest: PeerId, config: Config) -> (Swarm<Behaviour>, Option<u64>) {
     let (model, targets) = compile(Ping);
     let key = Keypair::generate_ed25519();
-    let mut node = install(&key, &model, &[&targets[0]]);
-    node.add_peer(
-        bb_libp2p::to_engine_peer(&dest),
-        vec![bb_libp2p::p2p_address(&dest)],
+    let node_key = key.clone();
+    let behaviour = Behaviour::new(
+        move || {
+            let mut node = install(&node_key, &model, &[&targets[0]]);
+            node.add_peer(
+                bb_libp2p::to_engine_peer(&dest),
+                vec![bb_libp2p::p2p_address(&dest)],
+            )
+            .map(|()| node)
+        },
+        config,
     )
-    .unwrap();
-    // The first Send of a Node mints wire request id 0.
-    (memory_swarm(key, Behaviour::new(node, config)), 0)
+    .expect("the Node starts");
+    // The first Send of a Node mints wire request id 0: the engine tracks
+    // it under that id, and the events name it.
+    (memory_swarm(key, behaviour), Some(0))
 }
 
 fn send_one(a: &mut Swarm<Behaviour>, dest: PeerId) {
     let (_, targets) = compile(Ping);
-    send_value(a.behaviour_mut().node_mut(), &targets[0], dest, b"lost?");
+    send_value(&a.behaviour().handle(), &targets[0], dest, b"lost?");
 }
 
 /// Connects `a` to `b`, sends one value and returns the failure `a` reports
@@ -49,7 +57,7 @@ async fn refused_by(
     a: &mut Swarm<Behaviour>,
     b: &mut Swarm<Behaviour>,
     dest: PeerId,
-    wire_req_id: u64,
+    wire_req_id: Option<u64>,
 ) -> (SendFailure, (PeerId, Rejection)) {
     connect(a, b).await;
     send_one(a, dest);
@@ -80,7 +88,11 @@ async fn refused_by(
 /// Waits for the send failure, checks when it came, and that the engine took
 /// it: the failed request leaves the engine's in-flight table, so no
 /// `WireTimeout` follows for it.
-async fn expect_failure(a: &mut Swarm<Behaviour>, dest: PeerId, wire_req_id: u64) -> SendFailure {
+async fn expect_failure(
+    a: &mut Swarm<Behaviour>,
+    dest: PeerId,
+    wire_req_id: Option<u64>,
+) -> SendFailure {
     let start = Instant::now();
     let reason = until(&mut [&mut *a], TIMEOUT * 3, "SendFailed", |_, e| match e {
         SwarmEvent::Behaviour(Event::SendFailed {
@@ -266,8 +278,10 @@ async fn rejecting_acknowledgement_is_a_nak() {
     let dest = kb.public().to_peer_id();
     let mut b = memory_swarm(
         kb.clone(),
-        Behaviour::new(
-            install(&kb, &model, &[&targets[1]]),
+        bb_behaviour(
+            &kb,
+            &model,
+            &[&targets[1]],
             Config::default().with_max_envelope_bytes(16),
         ),
     );
@@ -296,10 +310,7 @@ async fn value_for_a_port_without_receiver_is_refused() {
     let (other, other_targets) = compile(Other);
     let mut b = memory_swarm(
         kb.clone(),
-        Behaviour::new(
-            install(&kb, &other, &[&other_targets[0]]),
-            Config::default(),
-        ),
+        bb_behaviour(&kb, &other, &[&other_targets[0]], Config::default()),
     );
     let (mut a, id) = idle_sender_to(dest, Config::default().with_request_timeout(TIMEOUT));
     let (reason, refused) = refused_by(&mut a, &mut b, dest, id).await;

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +12,8 @@ use std::time::{Duration, Instant};
 use bb_libp2p::codec::proto::{Reason, Status};
 use bb_libp2p::codec::Ack;
 use bb_libp2p::{Behaviour, Config, Event, RejectKind};
-use common::models::{bb_swarm, bytes_value, compile, install, send_value, Ping};
+use common::alloc::{live, peak, reset_peak, HEAP};
+use common::models::{bb_behaviour, bb_swarm, bytes_value, compile, send_value, Ping};
 use common::{connect, listen, memory_swarm, raw_wire, run_for, until, RawCodec};
 use futures::channel::mpsc;
 use futures::{AsyncWriteExt, StreamExt};
@@ -23,30 +23,11 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{request_response, PeerId, Swarm};
 use prost::Message;
 
-/// Counts live heap bytes and their high-water mark.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-        PEAK.fetch_max(live, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
+/// Counts live heap bytes and their high-water mark, process-wide: the
+/// receiver's engine thread counts too. Tests that read the counters hold
+/// [`HEAP`], so they run one at a time.
 #[global_allocator]
-static ALLOC: Counting = Counting;
-
-/// The heap counters are process-wide: tests that read them run one at a
-/// time.
-static HEAP: futures::lock::Mutex<()> = futures::lock::Mutex::new(());
+static ALLOC: common::alloc::Counting = common::alloc::Counting;
 
 fn varint(n: u64) -> Vec<u8> {
     let mut out = Vec::new();
@@ -133,8 +114,8 @@ async fn bad_frames_get_typed_rejections_and_traffic_goes_on() {
         ),
     ];
     for (label, frame, reason, kind, detail) in cases {
-        let before = LIVE.load(Ordering::Relaxed);
-        PEAK.store(before, Ordering::Relaxed);
+        reset_peak();
+        let before = live();
         frames.try_send(frame).unwrap();
         let rejection = until(
             &mut [&mut b],
@@ -171,7 +152,7 @@ async fn bad_frames_get_typed_rejections_and_traffic_goes_on() {
         assert_eq!(ack.detail, rejection.detail, "{label}");
         // Connection setup and the engine's per-poll buffers cost about
         // 1 MiB; a receiver that trusted the 16 MiB claim would cost more.
-        let grew = PEAK.load(Ordering::Relaxed).saturating_sub(before);
+        let grew = peak().saturating_sub(before);
         assert!(grew < 4 * 1024 * 1024, "{label}: heap grew by {grew} bytes");
     }
 
@@ -320,11 +301,13 @@ async fn a_trickling_client_is_refused_and_let_go_within_the_request_timeout() {
     let _heap = HEAP.lock().await;
     let (model, targets) = compile(Ping);
     let key = Keypair::generate_ed25519();
-    let node = install(&key, &model, &[&targets[1]]);
-    let mut b = memory_swarm(
-        key,
-        Behaviour::new(node, Config::default().with_request_timeout(TIMEOUT)),
+    let behaviour = bb_behaviour(
+        &key,
+        &model,
+        &[&targets[1]],
+        Config::default().with_request_timeout(TIMEOUT),
     );
+    let mut b = memory_swarm(key, behaviour);
     let addr = listen(&mut b).await;
     let dest = *b.local_peer_id();
     let written = Arc::new(AtomicUsize::new(0));
@@ -424,7 +407,7 @@ async fn still_delivers(
 ) {
     let dest = *b.local_peer_id();
     connect(a, b).await;
-    send_value(a.behaviour_mut().node_mut(), sender, dest, payload);
+    send_value(&a.behaviour().handle(), sender, dest, payload);
     let got = until(
         &mut [a, b],
         Duration::from_secs(10),

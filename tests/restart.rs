@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use bb_libp2p::{Behaviour, Config, Event};
-use common::models::{bytes_value, compile, install, send_value, Ping};
+use common::models::{bb_behaviour, bytes_value, compile, install, send_value, Ping};
 use common::{connect, memory_swarm, run_for, until};
 use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
@@ -25,17 +25,17 @@ async fn unacknowledged_envelopes_survive_a_restart_and_arrive_once() {
     };
     let mut a = memory_swarm(
         ka.clone(),
-        Behaviour::new(install(&ka, &model, &[&targets[0]]), config()),
+        bb_behaviour(&ka, &model, &[&targets[0]], config()),
     );
     let mut b = memory_swarm(
         kb.clone(),
-        Behaviour::new(install(&kb, &model, &[&targets[1]]), Config::default()),
+        bb_behaviour(&kb, &model, &[&targets[1]], Config::default()),
     );
     let pb = *b.local_peer_id();
     connect(&mut a, &mut b).await;
     let values: Vec<Vec<u8>> = (1..=3u8).map(|n| vec![n; 4]).collect();
     for value in &values {
-        send_value(a.behaviour_mut().node_mut(), &targets[0], pb, value);
+        send_value(&a.behaviour().handle(), &targets[0], pb, value);
     }
     run_for(&mut [&mut a], Duration::from_millis(20), |_, _| {}).await;
     assert_eq!(
@@ -62,14 +62,21 @@ async fn unacknowledged_envelopes_survive_a_restart_and_arrive_once() {
         },
     )
     .await;
-    let snapshot = a.behaviour_mut().snapshot().expect("snapshot");
+    let snapshot = a.behaviour().snapshot().await.expect("snapshot");
     drop(a);
 
     // The restarted sender: same identity and model, the snapshot's state.
-    let mut node = install(&ka, &model, &[&targets[0]]);
-    Behaviour::restore(&mut node, snapshot).expect("restore");
+    let (key, restarted_model, target) = (ka.clone(), model.clone(), targets[0].clone());
+    let restarted = Behaviour::new(
+        move || {
+            let mut node = install(&key, &restarted_model, &[&target]);
+            Behaviour::restore(&mut node, snapshot).map(|()| node)
+        },
+        config(),
+    )
+    .expect("restore");
 
-    let mut a = memory_swarm(ka.clone(), Behaviour::new(node, config()));
+    let mut a = memory_swarm(ka.clone(), restarted);
     // It dials B for the envelopes it sends again on its first poll.
     let b_addr = b.listeners().next().cloned().expect("B listens");
     a.add_peer_address(pb, b_addr);
@@ -97,7 +104,7 @@ async fn unacknowledged_envelopes_survive_a_restart_and_arrive_once() {
     assert_eq!(got, want);
 
     // The restored Node does new work too.
-    send_value(a.behaviour_mut().node_mut(), &targets[0], pb, &[4; 4]);
+    send_value(&a.behaviour().handle(), &targets[0], pb, &[4; 4]);
     let fourth = until(
         &mut [&mut a, &mut b],
         Duration::from_secs(5),
@@ -120,16 +127,23 @@ async fn unacknowledged_envelopes_survive_a_restart_and_arrive_once() {
 async fn upstream_restore_still_strands_new_work() {
     let (model, targets) = compile(Ping);
     let key = Keypair::generate_ed25519();
-    let mut a = memory_swarm(
+    let a = memory_swarm(
         key.clone(),
-        Behaviour::new(install(&key, &model, &[&targets[0]]), Config::default()),
+        bb_behaviour(&key, &model, &[&targets[0]], Config::default()),
     );
-    let snapshot = a.behaviour_mut().snapshot().expect("snapshot");
-    let mut node = install(&key, &model, &[&targets[0]]);
-    node.restore(snapshot).expect("restore");
-    let mut a = memory_swarm(key, Behaviour::new(node, Config::default()));
+    let snapshot = a.behaviour().snapshot().await.expect("snapshot");
+    let (restored_key, restored_model, target) = (key.clone(), model.clone(), targets[0].clone());
+    let restored = Behaviour::new(
+        move || {
+            let mut node = install(&restored_key, &restored_model, &[&target]);
+            node.restore(snapshot).map(|()| node)
+        },
+        Config::default(),
+    )
+    .expect("restore");
+    let mut a = memory_swarm(key, restored);
     let dest = Keypair::generate_ed25519().public().to_peer_id();
-    send_value(a.behaviour_mut().node_mut(), &targets[0], dest, b"anything");
+    send_value(&a.behaviour().handle(), &targets[0], dest, b"anything");
     // A working Node would send it, and fail to resolve or dial the peer.
     run_for(&mut [&mut a], Duration::from_millis(300), |_, e| {
         if let SwarmEvent::Behaviour(e) = e {

@@ -66,7 +66,7 @@ impl Behaviour {
     }
 
     pub(super) fn send(&mut self, envelope: WireEnvelope) {
-        let wire_req_id = envelope.correlation.as_ref().map_or(0, |c| c.wire_req_id);
+        let wire_req_id = envelope.correlation.as_ref().map(|c| c.wire_req_id);
         let Some(peer) = envelope
             .dest_peer_addresses
             .iter()
@@ -101,10 +101,10 @@ impl Behaviour {
                         .tell(ToEngine::Health(peer, HealthRecord::Success));
                 }
                 self.report_transition(peer, transition);
-                self.report(Event::EnvelopeAcknowledged {
-                    peer,
-                    wire_req_id: (wire_req_id != 0).then_some(wire_req_id),
-                });
+                if let Some(wire_req_id) = wire_req_id {
+                    self.engine.tell(ToEngine::Acknowledged { wire_req_id });
+                }
+                self.report(Event::EnvelopeAcknowledged { peer, wire_req_id });
             }
             Outcome::Failed {
                 peer,
@@ -122,10 +122,16 @@ impl Behaviour {
                     cause: bb_runtime::framework::BackoffCause::QueueFull,
                 });
             }
+            Outcome::Released => {}
         }
     }
 
-    pub(super) fn fail(&mut self, peer: Option<PeerId>, wire_req_id: u64, reason: SendFailure) {
+    pub(super) fn fail(
+        &mut self,
+        peer: Option<PeerId>,
+        wire_req_id: Option<u64>,
+        reason: SendFailure,
+    ) {
         // Envelopes in flight when their peer was denied fail as closed
         // connections or refused dials: they were denied, not unanswered.
         let reason = match peer
@@ -135,22 +141,25 @@ impl Behaviour {
             Some(denial) => SendFailure::Denied(denial),
             None => reason,
         };
-        tracing::debug!(?peer, wire_req_id, %reason, "envelope not delivered");
+        tracing::debug!(?peer, ?wire_req_id, %reason, "envelope not delivered");
         if let Some(peer) = peer.filter(|_| reason.is_unreachable()) {
             let transition = self.health.failed(peer);
             self.engine
                 .tell(ToEngine::Health(peer, HealthRecord::Failure));
             self.report_transition(peer, transition);
         }
-        self.engine.tell(ToEngine::SendFailed {
-            wire_req_id,
-            peer,
-            label: reason.label(),
-            detail: reason.to_string(),
-        });
+        // An envelope without a request has nothing for the engine to end.
+        if let Some(wire_req_id) = wire_req_id {
+            self.engine.tell(ToEngine::SendFailed {
+                wire_req_id,
+                peer,
+                label: reason.label(),
+                detail: reason.to_string(),
+            });
+        }
         self.report(Event::SendFailed {
             peer,
-            wire_req_id: (wire_req_id != 0).then_some(wire_req_id),
+            wire_req_id,
             reason,
         });
     }

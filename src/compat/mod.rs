@@ -9,11 +9,13 @@
 //! | [`deadline_gates`] | `DeadlineCheck` reads a relative budget as an absolute time | `tests/clock.rs::upstream_deadline_gates_still_read_budgets_as_absolute` |
 //! | [`contexts`] | `inbound_contexts` grows by one entry per value, for ever | `tests/overload.rs::a_receivers_engine_state_stays_bounded` |
 //! | [`restore`] | `Node::restore` strands the graphs it restores | `tests/restart.rs::upstream_restore_still_strands_new_work` |
+//! | [`wire_requests`] | a one-way send's request times out 100 ms after it left, acknowledged or not | `tests/wire_requests.rs::upstream_still_gives_one_way_sends_a_short_ttl` |
 //! | [`fail_parked_op`] | `SendFailed` drops a request without failing the op parked on it | none: no 0.3.8 op parks on a wire request |
 
 pub(crate) mod contexts;
 pub(crate) mod deadline_gates;
 pub mod sites;
+pub(crate) mod wire_requests;
 
 use bb_runtime::errors::restore::RestoreError;
 use bb_runtime::ingress::IngressEvent;

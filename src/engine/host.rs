@@ -37,7 +37,7 @@ use super::message::{FromEngine, HealthRecord, Policy, ToEngine};
 use crate::address_book::EngineBook;
 use crate::admission;
 use crate::clock::Clock;
-use crate::compat::{self, contexts::Pruner, deadline_gates, sites::Sites};
+use crate::compat::{self, contexts::Pruner, deadline_gates, sites::Sites, wire_requests};
 use crate::event::AppEvent;
 use crate::peer::{p2p_address, to_libp2p_peer};
 
@@ -216,8 +216,9 @@ impl Host {
         match step {
             EngineStep::SendEnvelope(mut envelope) => {
                 self.sites.outbound(&mut envelope);
-                if let Some(c) = envelope.correlation.as_ref().filter(|c| c.wire_req_id != 0) {
+                if let Some(c) = envelope.correlation.as_ref() {
                     let engine = self.node.engine_install_handle();
+                    wire_requests::hand_over(engine, c.wire_req_id);
                     self.clock.track_wire_request(engine, c.wire_req_id);
                 }
                 self.pending.push_back(FromEngine::Send(envelope));
@@ -260,6 +261,9 @@ impl Host {
             }
             ToEngine::Health(peer, HealthRecord::Advisory { wait_ns }) => {
                 admission::record_advisory(engine, &peer, wait_ns);
+            }
+            ToEngine::Acknowledged { wire_req_id } => {
+                wire_requests::settle(engine, wire_req_id);
             }
             ToEngine::SendFailed {
                 wire_req_id,

@@ -22,6 +22,8 @@ pub(crate) enum ToEngine {
     /// The transport's outcome with a peer, mirrored into the engine's
     /// back-off table and governor, which its own send gates read.
     Health(PeerId, HealthRecord),
+    /// The peer's engine took the envelope of request `wire_req_id`.
+    Acknowledged { wire_req_id: u64 },
     /// An envelope the engine sent will not be delivered.
     SendFailed {
         wire_req_id: u64,
