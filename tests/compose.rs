@@ -175,14 +175,23 @@ async fn idle_pair_does_not_busy_poll() {
         *b.local_peer_id(),
         b"then quiet",
     );
-    // The Send's request lives 100 ms in the engine; its WireTimeout is the
-    // last thing the engine has to do.
-    until(&mut [&mut a, &mut b], Duration::from_secs(5), "A's WireTimeout", |i, e| {
-        matches!(e, SwarmEvent::Behaviour(AppEvent::Bb(Event::Engine(EngineStep::WireTimeout { .. }))) if i == 0)
+    // The acknowledgement settles the Send's request: the engine has nothing
+    // left to do, and no `WireTimeout` comes.
+    until(&mut [&mut a, &mut b], Duration::from_secs(5), "A's acknowledgement", |i, e| {
+        matches!(e, SwarmEvent::Behaviour(AppEvent::Bb(Event::EnvelopeAcknowledged { .. })) if i == 0)
             .then_some(())
     })
     .await;
-    run_for(&mut [&mut a, &mut b], Duration::from_millis(500), |_, _| {}).await;
+    run_for(&mut [&mut a, &mut b], Duration::from_millis(500), |i, e| {
+        assert!(
+            !matches!(
+                e,
+                SwarmEvent::Behaviour(AppEvent::Bb(Event::Engine(EngineStep::WireTimeout { .. })))
+            ),
+            "swarm {i}: a WireTimeout after the acknowledgement"
+        );
+    })
+    .await;
 
     let (ha, hb) = (a.behaviour().bb.handle(), b.behaviour().bb.handle());
     let (a0, b0) = (a_polls.get(), b_polls.get());

@@ -155,13 +155,15 @@ impl Host {
         (host, init)
     }
 
-    /// Runs `f` on the Node, then reports a changed block or allow list to
-    /// the swarm. A panic in `f` comes back as `Err`, for the caller to
+    /// Runs `f` on the Node, its clock moved to now, then reports a changed
+    /// block or allow list to the swarm. A panic in `f` comes back as `Err`, for the caller to
     /// resume.
     pub(crate) fn with_node<R>(
         &mut self,
         f: impl FnOnce(&mut Node) -> R,
     ) -> std::thread::Result<R> {
+        // What `f` reads of the engine's time is now.
+        self.clock.advance(self.node.engine_install_handle());
         let result = catch_unwind(AssertUnwindSafe(|| f(&mut self.node)));
         self.clock_dirty = true;
         self.check_policy();
