@@ -3,11 +3,13 @@
 //!
 //! Both sides run two swarms on libp2p's in-memory transport (plaintext +
 //! yamux) in one process, connected once, driven on one current-thread
-//! runtime. One iteration:
+//! runtime; bb-libp2p's two Nodes run on engine threads of their own, as in
+//! any application. One iteration:
 //!
-//! - `bb_libp2p`: A invokes a Module that sends `x` to B with `g.net_out`; B
-//!   sends it back to its sender; A outputs it as `y`. Timed until A's swarm
-//!   emits `Event::AppEvent { topic: "y" }`.
+//! - `bb_libp2p`: A invokes a Module (through its `NodeHandle`) that sends
+//!   `x` to B with `g.net_out`; B sends it back to its sender; A outputs it
+//!   as `y`. Timed from the invoke until A's swarm emits
+//!   `Event::AppEvent { topic: "y" }`.
 //! - `raw_request_response`: A sends the bytes as a request; B answers with
 //!   the same bytes; timed until A has the response.
 //!
@@ -29,9 +31,9 @@ use std::io;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bb_libp2p::{Behaviour, Config, Event};
+use bb_libp2p::{Behaviour, Event, NodeHandle};
 use bytesandbrains::syscall::values::{BytesValue, PeerIdVecValue};
-use common::models::{compile, install, RoundTrip};
+use common::models::{bb_swarm, compile, RoundTrip};
 use common::{connect, memory_swarm};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures::prelude::*;
@@ -52,6 +54,8 @@ const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(10);
 struct BbPair {
     a: Swarm<Behaviour>,
     b: Swarm<Behaviour>,
+    /// A's Node, on its engine thread.
+    node_a: NodeHandle,
     sender: String,
     /// `peers` for the invoke: B.
     peers: Vec<u8>,
@@ -66,18 +70,14 @@ impl BbPair {
     async fn new(size: usize) -> Self {
         let (model, targets) = compile(RoundTrip);
         let (sender, receiver) = (&targets[0], &targets[1]);
-        let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-        let bb = |key: Keypair, target: &str| {
-            let node = install(&key, &model, &[target]);
-            memory_swarm(key, Behaviour::new(node, Config::default()))
-        };
-        let (mut a, mut b) = (bb(ka, sender), bb(kb, receiver));
+        let (mut a, mut b) = (bb_swarm(&model, &[sender]), bb_swarm(&model, &[receiver]));
         connect(&mut a, &mut b).await;
         let peers = vec![bb_libp2p::to_engine_peer(b.local_peer_id())];
         Self {
             peers: bincode::serialize(&PeerIdVecValue(peers)).unwrap(),
             x: bincode::serialize(&BytesValue(vec![0; size])).unwrap(),
             sender: sender.clone(),
+            node_a: a.behaviour().handle(),
             a,
             b,
             sent: 0,
@@ -91,11 +91,19 @@ impl BbPair {
             self.sent += 1;
             let tag = self.sent.to_le_bytes();
             self.x[8..16].copy_from_slice(&tag);
-            self.a
-                .behaviour_mut()
-                .node_mut()
-                .invoke(&self.sender, &[("peers", &self.peers), ("x", &self.x)])
-                .expect("invoke");
+            // The buffer goes to the engine thread and comes back, so the
+            // invoke's copy stays the only one.
+            let x = std::mem::take(&mut self.x);
+            let (sender, peers) = (self.sender.clone(), self.peers.clone());
+            self.x = self
+                .node_a
+                .with_node(move |node| {
+                    node.invoke(&sender, &[("peers", &peers), ("x", &x)])
+                        .expect("invoke");
+                    x
+                })
+                .await
+                .expect("A's Node runs");
             let (a, b) = (&mut self.a, &mut self.b);
             let y = within_timeout(poll_fn(|cx| {
                 while let Poll::Ready(Some(event)) = b.poll_next_unpin(cx) {
@@ -319,8 +327,8 @@ async fn within_timeout<T>(f: impl Future<Output = T>) -> T {
 }
 
 fn round_trip(c: &mut Criterion) {
-    // The bb-libp2p swarm is !Send: the swarms live outside the runtime and
-    // every sample drives them with `block_on` on this thread.
+    // The swarms live outside the runtime and every sample drives them with
+    // `block_on` on this thread, bb-libp2p's and request-response's alike.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()

@@ -41,32 +41,35 @@
 //! default). Both roles log every failed or refused envelope and every
 //! closed connection to stderr.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::error::Error;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bb_libp2p::{to_engine_peer, Behaviour, Config, Event};
-use bb_runtime::engine::EngineStep;
-use bb_runtime::snapshot::NodeSnapshot;
-use bytesandbrains::framework::Address;
+use bb_libp2p::{
+    to_engine_peer, Address, Behaviour, Config, EngineStep, Event, Node, NodeHandle, NodeSnapshot,
+    WireEnvelope,
+};
 use bytesandbrains::proto::onnx::ModelProto;
 use bytesandbrains::syscall::values::{BytesValue, PeerIdVecValue};
-use bytesandbrains::{Compiler, Graph, Module, Node};
+use bytesandbrains::{Compiler, Graph, Module};
+use futures::channel::oneshot;
 use libp2p::futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::OutboundRequestId;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, Swarm};
+use prost::Message as _;
 use tokio::time::{interval, sleep, MissedTickBehavior};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
+
+/// What the closure that builds a Node on its engine thread returns.
+type NodeResult = std::result::Result<Node, Box<dyn Error + Send + Sync>>;
 
 /// How long the sender tries to reach the receiver before it gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -76,8 +79,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long a stopping sender keeps polling before it snapshots, so that
-/// the last value it handed the Node has become an envelope the snapshot
-/// can carry.
+/// the last value it handed the Node has become an envelope and the swarm
+/// has taken it from the engine thread: the snapshot carries the envelopes
+/// the behaviour holds and those still in the engine's queue.
 const QUIESCE: Duration = Duration::from_millis(50);
 
 /// Starts a file written by `--snapshot-to`.
@@ -280,7 +284,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let stop = stop_on_signal();
+    // Installed before anything else, so that no signal takes its default
+    // action (an exit without a summary).
+    let stop = match stop_signal() {
+        Ok(stop) => stop,
+        Err(e) => {
+            eprintln!("error: cannot handle signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match role {
         Role::Receive(args) => receive(args, common, stop).await,
         Role::Send(args) => send(args, common, stop).await,
@@ -294,74 +306,47 @@ async fn main() -> ExitCode {
     }
 }
 
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_signal: i32) {
-    SIGNALLED.store(true, Ordering::SeqCst);
-}
-
-extern "C" {
-    fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
-}
-
-/// A flag raised by SIGTERM or SIGINT. The example's tokio has no signal
-/// support, so the C library's `signal` installs the handler; it only
-/// stores to an atomic, which is async-signal-safe.
-fn stop_on_signal() -> &'static AtomicBool {
-    const SIGINT: i32 = 2;
-    const SIGTERM: i32 = 15;
-    for signum in [SIGINT, SIGTERM] {
-        // SAFETY: `on_signal` is an `extern "C"` function that only stores
-        // to a static atomic.
-        unsafe {
-            signal(signum, on_signal);
+/// Resolves on the first SIGTERM or SIGINT (Ctrl-C elsewhere than Unix).
+/// The handlers are installed when this is called, not when the future is
+/// first polled.
+#[cfg(unix)]
+fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    }
-    &SIGNALLED
+    })
+}
+
+#[cfg(not(unix))]
+fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 /// Outputs each value it receives and counts what it sees.
-async fn receive(args: ReceiveArgs, common: Common, stop: &AtomicBool) -> Result<()> {
+async fn receive(args: ReceiveArgs, common: Common, stop: impl Future<Output = ()>) -> Result<()> {
     common.transport_of(&args.listen)?;
     let (model, targets) = compile()?;
     let key = Keypair::generate_ed25519();
-    let node = install(&key, model, &targets[1])?;
-    let mut swarm = build_swarm(key, node, common.config())?;
+    let behaviour = Behaviour::new(install(&key, model, targets[1].clone()), common.config())?;
+    let mut swarm = build_swarm(key, behaviour)?;
+    let node = swarm.behaviour().handle();
     swarm.listen_on(args.listen.clone())?;
 
-    let stdin_closed = Arc::new(AtomicBool::new(false));
-    if args.until_stdin_closes {
-        let closed = stdin_closed.clone();
-        std::thread::spawn(move || {
-            let mut sink = [0u8; 256];
-            let mut stdin = std::io::stdin();
-            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-            closed.store(true, Ordering::SeqCst);
-        });
-    }
+    let stdin_closed = stdin_closes(args.until_stdin_closes);
+    tokio::pin!(stop);
+    tokio::pin!(stdin_closed);
 
-    let started = Instant::now();
-    let mut seen: HashSet<u64> = HashSet::new();
-    let mut duplicates = 0u64;
-    let mut rejected = 0u64;
-    let mut connections = 0u64;
+    let mut counts = Received::new();
     let mut printed_address = false;
     let mut report = interval(Duration::from_secs(1));
     report.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut check = interval(Duration::from_millis(50));
-    let line = |swarm: &Swarm<Behaviour>, seen: &HashSet<u64>, dup, rej, conn, last| {
-        format!(
-            "{{\"role\":\"receive\",\"final\":{last},\"t_ms\":{},\"received\":{},\
-             \"duplicates\":{dup},\"wire_received\":{},\"rejected\":{rej},\
-             \"connections\":{conn},\"max_seq\":{},\"engine_slots\":{},\"rss_kib\":{}}}",
-            started.elapsed().as_millis(),
-            seen.len(),
-            swarm.behaviour().wire_stats().envelopes_received,
-            seen.iter().max().map_or(-1, |&s| s as i64),
-            swarm.behaviour().node().engine_stats().slot_table_occupied,
-            rss_kib(),
-        )
-    };
     loop {
         tokio::select! {
             event = swarm.select_next_some() => match event {
@@ -372,33 +357,100 @@ async fn receive(args: ReceiveArgs, common: Common, stop: &AtomicBool) -> Result
                     println!("{address}");
                     printed_address = true;
                 }
-                SwarmEvent::ConnectionEstablished { .. } => connections += 1,
+                SwarmEvent::ConnectionEstablished { .. } => counts.connections += 1,
                 SwarmEvent::ConnectionClosed { cause, .. } => {
                     eprintln!("connection closed: {cause:?}");
                 }
                 SwarmEvent::Behaviour(Event::AppEvent { topic, value_bytes, .. })
                     if topic == "y" =>
                 {
-                    let fresh = seen.insert(sequence(&value_bytes)?);
-                    duplicates += u64::from(!fresh);
+                    let fresh = counts.seen.insert(sequence(&value_bytes)?);
+                    counts.duplicates += u64::from(!fresh);
                 }
                 SwarmEvent::Behaviour(Event::InboundRejected { rejection, .. }) => {
-                    rejected += 1;
+                    counts.rejected += 1;
                     eprintln!("inbound envelope refused: {rejection}");
                 }
                 _ => {}
             },
             _ = report.tick() => {
-                println!("{}", line(&swarm, &seen, duplicates, rejected, connections, false));
+                let slots = engine_slots(&node).await?;
+                println!("{}", counts.line(&swarm, slots, false));
             }
-            _ = check.tick() => {
-                if stop.load(Ordering::SeqCst) || stdin_closed.load(Ordering::SeqCst) {
-                    println!("{}", line(&swarm, &seen, duplicates, rejected, connections, true));
-                    return Ok(());
-                }
-            }
+            _ = &mut stop => break,
+            _ = &mut stdin_closed => break,
         }
     }
+    let slots = engine_slots(&node).await?;
+    println!("{}", counts.line(&swarm, slots, true));
+    Ok(())
+}
+
+/// Resolves once stdin closes if `watch`; never otherwise.
+fn stdin_closes(watch: bool) -> impl Future<Output = ()> {
+    let (closed, on_close) = oneshot::channel::<()>();
+    if watch {
+        std::thread::spawn(move || {
+            let mut sink = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+            drop(closed);
+        });
+    }
+    async move {
+        match watch {
+            true => drop(on_close.await),
+            false => std::future::pending().await,
+        }
+    }
+}
+
+/// What a receiver has seen.
+struct Received {
+    started: Instant,
+    /// Distinct values its engine output.
+    seen: HashSet<u64>,
+    /// Values its engine output again.
+    duplicates: u64,
+    rejected: u64,
+    connections: u64,
+}
+
+impl Received {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            seen: HashSet::new(),
+            duplicates: 0,
+            rejected: 0,
+            connections: 0,
+        }
+    }
+
+    /// A JSON line; `last` marks the final one.
+    fn line(&self, swarm: &Swarm<Behaviour>, engine_slots: usize, last: bool) -> String {
+        format!(
+            "{{\"role\":\"receive\",\"final\":{last},\"t_ms\":{},\"received\":{},\
+             \"duplicates\":{},\"wire_received\":{},\"rejected\":{},\
+             \"connections\":{},\"max_seq\":{},\"engine_slots\":{engine_slots},\"rss_kib\":{}}}",
+            self.started.elapsed().as_millis(),
+            self.seen.len(),
+            self.duplicates,
+            swarm.behaviour().wire_stats().envelopes_received,
+            self.rejected,
+            self.connections,
+            self.seen.iter().max().map_or(-1, |&s| s as i64),
+            rss_kib(),
+        )
+    }
+}
+
+/// The entries of the engine's slot table that hold a value, read on its
+/// thread.
+async fn engine_slots(node: &NodeHandle) -> Result<usize> {
+    Ok(node
+        .with_node(|node| node.engine_stats().slot_table_occupied)
+        .await?)
 }
 
 /// The sequence number a value carries in its first eight bytes.
@@ -420,15 +472,22 @@ struct Tally {
     restored: u64,
     acknowledged: u64,
     failed: BTreeMap<&'static str, u64>,
-    /// Requests that had an outcome, to catch a second one (16 bytes and
-    /// the set's overhead per envelope: the RSS figures include them).
-    settled: HashSet<OutboundRequestId>,
+    /// Outcomes so far by correlation id (`wire_req_id`), to catch an
+    /// envelope with a second one (about 16 bytes and the map's overhead
+    /// per envelope: the RSS figures include them).
+    outcomes: HashMap<u64, u64>,
+    /// Envelopes the restored snapshot carried, by correlation id. A Node
+    /// mints each id once, but a restored one mints its ids afresh, so an
+    /// id may also be on up to this many carried envelopes.
+    carried: HashMap<u64, u64>,
+    /// Outcomes past one per envelope with their correlation id.
     second_outcomes: u64,
-    /// Correlation ids that had an outcome.
-    wire_req_ids: HashSet<u64>,
     /// Outcomes of envelopes whose correlation id an earlier envelope
     /// already had: the id no longer tells them apart.
     reused_wire_req_ids: u64,
+    /// Outcomes of envelopes without a correlation id, which the two
+    /// counts above cannot cover.
+    outcomes_without_id: u64,
     invoke_errors: u64,
     /// Engine steps other than the ones the behaviour turns into its own
     /// events, by kind (an `OpFailed` here is a value that never left).
@@ -444,40 +503,56 @@ impl Tally {
         self.failed.values().sum()
     }
 
-    fn settle(&mut self, wire_req_id: u64, request_id: Option<OutboundRequestId>, outcome: &str) {
-        if wire_req_id != 0 && !self.wire_req_ids.insert(wire_req_id) {
-            self.reused_wire_req_ids += 1;
+    /// Counts the envelopes a restored snapshot carries.
+    fn carry(&mut self, snapshot: &NodeSnapshot) {
+        let envelopes = &snapshot.transient.framework.pending_outbound;
+        self.restored = envelopes.len() as u64;
+        for entry in envelopes {
+            let id = WireEnvelope::decode(entry.envelope_bytes.as_slice())
+                .ok()
+                .and_then(|envelope| envelope.correlation)
+                .map(|c| c.wire_req_id);
+            if let Some(id) = id {
+                *self.carried.entry(id).or_default() += 1;
+            }
         }
-        // An envelope that failed before a request was opened has no
-        // other outcome to clash with.
-        let Some(request_id) = request_id else {
+    }
+
+    fn settle(&mut self, wire_req_id: Option<u64>, outcome: &str) {
+        let Some(id) = wire_req_id else {
+            self.outcomes_without_id += 1;
             return;
         };
-        if !self.settled.insert(request_id) {
+        let outcomes = self.outcomes.entry(id).or_default();
+        *outcomes += 1;
+        if *outcomes > 1 {
+            self.reused_wire_req_ids += 1;
+        }
+        // One envelope minted here, and those carried with the same id.
+        let envelopes = 1 + self.carried.get(&id).copied().unwrap_or(0);
+        if *outcomes > envelopes {
             self.second_outcomes += 1;
-            eprintln!("request {request_id} (envelope {wire_req_id:#x}): {outcome} after an earlier outcome");
+            eprintln!("envelope {id:#x}: {outcome} after an earlier outcome");
         }
     }
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::EnvelopeAcknowledged {
-                wire_req_id,
-                request_id,
-                ..
-            } => {
+            Event::EnvelopeAcknowledged { wire_req_id, .. } => {
                 self.acknowledged += 1;
-                self.settle(wire_req_id, Some(request_id), "acknowledged");
+                self.settle(wire_req_id, "acknowledged");
             }
             Event::SendFailed {
                 wire_req_id,
-                request_id,
                 reason,
                 ..
             } => {
                 *self.failed.entry(reason.label()).or_default() += 1;
-                eprintln!("envelope {wire_req_id:#x} failed: {reason}");
-                self.settle(wire_req_id, request_id, reason.label());
+                match wire_req_id {
+                    Some(id) => eprintln!("envelope {id:#x} failed: {reason}"),
+                    None => eprintln!("envelope failed: {reason}"),
+                }
+                self.settle(wire_req_id, reason.label());
             }
             Event::Engine(step) => {
                 *self.engine_steps.entry(step_kind(&step)).or_default() += 1;
@@ -527,37 +602,46 @@ impl Ending {
 }
 
 /// Sends values at a steady rate and accounts for every envelope.
-async fn send(args: SendArgs, common: Common, stop: &AtomicBool) -> Result<()> {
+async fn send(args: SendArgs, common: Common, stop: impl Future<Output = ()>) -> Result<()> {
     let transport = common.transport_of(&args.dial)?;
     let Some(Protocol::P2p(receiver)) = args.dial.iter().last() else {
         return Err(format!("{} does not end in /p2p/<peer id>", args.dial).into());
     };
     let (model, targets) = compile()?;
+    let sender = targets[0].clone();
     let mut tally = Tally::default();
-    let (key, first_seq, node) = match &args.restore_from {
+    let (key, first_seq, snapshot) = match &args.restore_from {
         Some(path) => {
             let saved = Saved::read(path)?;
-            let mut node = install(&saved.key, model, &targets[0])?;
-            tally.restored = saved.snapshot.transient.framework.pending_outbound.len() as u64;
-            // `Behaviour::restore` works around bb-runtime 0.3.8's
-            // `Node::restore`, which strands the graphs it restores;
-            // `--restore-graphs` uses the engine's own, to see that.
-            if args.restore_graphs {
-                node.restore(saved.snapshot)
-            } else {
-                Behaviour::restore(&mut node, saved.snapshot)
-            }
-            .map_err(|e| format!("restore: {e:?}"))?;
-            (saved.key, saved.next_seq, node)
+            tally.carry(&saved.snapshot);
+            (saved.key, saved.next_seq, Some(saved.snapshot))
         }
-        None => {
-            let key = Keypair::generate_ed25519();
-            let node = install(&key, model, &targets[0])?;
-            (key, 0, node)
-        }
+        None => (Keypair::generate_ed25519(), 0, None),
     };
-    let pending_async_baseline = node.pending_async_count();
-    let mut swarm = build_swarm(key.clone(), node, common.config())?;
+    let make_node = install(&key, model, sender.clone());
+    let restore_graphs = args.restore_graphs;
+    // The Node is built, and restored, on its engine thread.
+    let behaviour = Behaviour::new(
+        move || -> NodeResult {
+            let mut node = make_node()?;
+            if let Some(snapshot) = snapshot {
+                // `Behaviour::restore` works around bb-runtime 0.3.8's
+                // `Node::restore`, which strands the graphs it restores;
+                // `--restore-graphs` uses the engine's own, to see that.
+                if restore_graphs {
+                    node.restore(snapshot)
+                } else {
+                    Behaviour::restore(&mut node, snapshot)
+                }
+                .map_err(|e| format!("restore: {e:?}"))?;
+            }
+            Ok(node)
+        },
+        common.config(),
+    )?;
+    let mut swarm = build_swarm(key.clone(), behaviour)?;
+    let node = swarm.behaviour().handle();
+    let pending_async_baseline = node.with_node(|node| node.pending_async_count()).await?;
     let receiver_address: Multiaddr = args
         .dial
         .iter()
@@ -580,6 +664,7 @@ async fn send(args: SendArgs, common: Common, stop: &AtomicBool) -> Result<()> {
     report.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut check = interval(Duration::from_millis(50));
     let mut next_dial = Instant::now();
+    tokio::pin!(stop);
 
     let stopped = loop {
         tokio::select! {
@@ -602,12 +687,16 @@ async fn send(args: SendArgs, common: Common, stop: &AtomicBool) -> Result<()> {
             },
             _ = send_tick.tick(), if connected_once && next_seq < args.count => {
                 let x = bincode::serialize(&BytesValue(value(next_seq, args.size)))?;
-                match swarm
-                    .behaviour_mut()
-                    .node_mut()
-                    .invoke(&targets[0], &[("peers", &peers), ("x", &x)])
-                {
-                    Ok(_) => tally.invoked += 1,
+                let (sender, peers) = (sender.clone(), peers.clone());
+                let invoked = node
+                    .with_node(move |node| {
+                        node.invoke(&sender, &[("peers", &peers), ("x", &x)])
+                            .map(drop)
+                            .map_err(|e| format!("{e:?}"))
+                    })
+                    .await?;
+                match invoked {
+                    Ok(()) => tally.invoked += 1,
                     Err(e) => {
                         tally.invoke_errors += 1;
                         eprintln!("invoke {next_seq}: {e:?}");
@@ -617,6 +706,7 @@ async fn send(args: SendArgs, common: Common, stop: &AtomicBool) -> Result<()> {
                 last_value_at = Some(Instant::now());
             }
             _ = report.tick() => {
+                let slots = engine_slots(&node).await?;
                 let b = swarm.behaviour();
                 println!(
                     "{{\"role\":\"send\",\"final\":false,\"t_ms\":{},\"sent\":{},\
@@ -629,7 +719,7 @@ async fn send(args: SendArgs, common: Common, stop: &AtomicBool) -> Result<()> {
                     tally.failed_total(),
                     b.envelopes_in_flight(),
                     b.envelopes_queued(),
-                    b.node().engine_stats().slot_table_occupied,
+                    slots,
                     rss_kib(),
                 );
             }
@@ -644,9 +734,6 @@ async fn send(args: SendArgs, common: Common, stop: &AtomicBool) -> Result<()> {
                         }
                         next_dial = Instant::now() + Duration::from_secs(1);
                     }
-                }
-                if stop.load(Ordering::SeqCst) {
-                    break Ending::Signal;
                 }
                 if args.stop_after.is_some_and(|d| started.elapsed() >= d) {
                     break Ending::StopAfter;
@@ -663,6 +750,7 @@ async fn send(args: SendArgs, common: Common, stop: &AtomicBool) -> Result<()> {
                     }
                 }
             }
+            _ = &mut stop => break Ending::Signal,
         }
     };
 
@@ -680,10 +768,13 @@ async fn send(args: SendArgs, common: Common, stop: &AtomicBool) -> Result<()> {
                 _ = &mut quiesce => break,
             }
         }
+        // Carries the envelopes unacknowledged now; the swarm is not
+        // polled again, so the counts below are the snapshot's.
         let snapshot = swarm
-            .behaviour_mut()
+            .behaviour()
             .snapshot()
-            .map_err(|e| format!("snapshot: {e:?}"))?;
+            .await
+            .map_err(|e| format!("snapshot: {e}"))?;
         carried = Some(snapshot.transient.framework.pending_outbound.len());
         Saved {
             key: key.clone(),
@@ -693,6 +784,7 @@ async fn send(args: SendArgs, common: Common, stop: &AtomicBool) -> Result<()> {
         .write(path)?;
     }
 
+    let pending_async_end = node.with_node(|node| node.pending_async_count()).await?;
     let b = swarm.behaviour();
     let (in_flight, queued) = (b.envelopes_in_flight(), b.envelopes_queued());
     let open = (in_flight + queued) as i64;
@@ -710,8 +802,9 @@ async fn send(args: SendArgs, common: Common, stop: &AtomicBool) -> Result<()> {
          \"elapsed_ms\":{},\"sent\":{},\"invoked\":{},\"restored\":{},\"acknowledged\":{},\
          \"failed_with_event\":{},\"failed_by_label\":{{{by_label}}},\"in_flight_at_exit\":{in_flight},\
          \"queued_at_exit\":{queued},\"carried_in_snapshot\":{},\"lost\":{lost},\
-         \"second_outcomes\":{},\"reused_wire_req_ids\":{},\"invoke_errors\":{},\"engine_steps\":{{{steps}}},\
-         \"pending_async_baseline\":{pending_async_baseline},\"pending_async_end\":{},\
+         \"second_outcomes\":{},\"reused_wire_req_ids\":{},\"outcomes_without_id\":{},\
+         \"invoke_errors\":{},\"engine_steps\":{{{steps}}},\
+         \"pending_async_baseline\":{pending_async_baseline},\"pending_async_end\":{pending_async_end},\
          \"next_seq\":{next_seq},\"wire_sent\":{},\"rss_kib_start\":{rss_kib_start},\
          \"rss_kib_end\":{}}}",
         transport.name(),
@@ -725,8 +818,8 @@ async fn send(args: SendArgs, common: Common, stop: &AtomicBool) -> Result<()> {
         carried.map_or(-1, |c| c as i64),
         tally.second_outcomes,
         tally.reused_wire_req_ids,
+        tally.outcomes_without_id,
         tally.invoke_errors,
-        b.node().pending_async_count(),
         b.wire_stats().envelopes_sent,
         rss_kib(),
     );
@@ -805,19 +898,26 @@ fn compile() -> Result<(ModelProto, Vec<String>)> {
     Ok((model, targets))
 }
 
-/// Installs `target` on a Node with the engine PeerId of `key`.
-fn install(key: &Keypair, model: ModelProto, target: &str) -> Result<Node> {
+/// The closure that builds the Node on its engine thread: `target` of
+/// `model` installed with the engine PeerId of `key`.
+fn install(
+    key: &Keypair,
+    model: ModelProto,
+    target: String,
+) -> impl FnOnce() -> NodeResult + Send + 'static {
     let me = to_engine_peer(&key.public().to_peer_id());
-    Ok(bytesandbrains::install(
-        me,
-        vec![Address::empty().p2p(me)],
-        model,
-        &[target],
-        bytesandbrains::Config::new(),
-    )?)
+    move || {
+        Ok(bytesandbrains::install(
+            me,
+            vec![Address::empty().p2p(me)],
+            model,
+            &[&target],
+            bytesandbrains::Config::new(),
+        )?)
+    }
 }
 
-fn build_swarm(key: Keypair, node: Node, config: Config) -> Result<Swarm<Behaviour>> {
+fn build_swarm(key: Keypair, behaviour: Behaviour) -> Result<Swarm<Behaviour>> {
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -826,7 +926,7 @@ fn build_swarm(key: Keypair, node: Node, config: Config) -> Result<Swarm<Behavio
             yamux::Config::default,
         )?
         .with_quic()
-        .with_behaviour(|_| Behaviour::new(node, config))?
+        .with_behaviour(|_| behaviour)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
         .build())
 }

@@ -33,16 +33,14 @@ use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use bb_ir::proto::onnx::{NodeProto, StringStringEntryProto};
-use bb_libp2p::{to_engine_peer, Behaviour, Config, Event};
-use bb_runtime::engine::EngineStep;
+use bb_libp2p::{to_engine_peer, Address, Behaviour, Config, EngineStep, Event};
 use bytesandbrains::atomic::DispatchResult;
 use bytesandbrains::bus::OpError;
-use bytesandbrains::framework::Address;
 use bytesandbrains::proto::onnx::ModelProto;
 use bytesandbrains::runtime::RuntimeResourceRef;
 use bytesandbrains::slot_value::SlotValue;
 use bytesandbrains::syscall::values::{BytesValue, PeerIdVecValue};
-use bytesandbrains::{Compiler, Graph, Module, Node, Output};
+use bytesandbrains::{Compiler, Graph, Module, Output};
 use libp2p::futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
@@ -224,9 +222,7 @@ async fn main() -> ExitCode {
 /// Serves one dialer: echoes what it sends until it disconnects.
 async fn listen(transport: Transport) -> Result<()> {
     let (model, targets) = compile()?;
-    let key = Keypair::generate_ed25519();
-    let node = install(&key, model, &targets[1])?;
-    let mut swarm = build_swarm(key, node, LISTENER_IDLE_TIMEOUT)?;
+    let mut swarm = build_swarm(model, &targets[1], LISTENER_IDLE_TIMEOUT)?;
     swarm.listen_on(transport.listen_address())?;
     loop {
         match swarm.select_next_some().await {
@@ -272,9 +268,11 @@ async fn dial(address: Multiaddr, prefix: &str) -> Result<()> {
         return Err(format!("{address} does not end in /p2p/<peer id>").into());
     };
     let (model, targets) = compile()?;
-    let key = Keypair::generate_ed25519();
-    let node = install(&key, model, &targets[0])?;
-    let mut swarm = build_swarm(key, node, DIALER_IDLE_TIMEOUT)?;
+    let sender = targets[0].clone();
+    let mut swarm = build_swarm(model, &sender, DIALER_IDLE_TIMEOUT)?;
+    // The Node runs on its own engine thread; the handle reaches it from
+    // this task (or any other).
+    let node = swarm.behaviour().handle();
     let deadline = Instant::now() + DIAL_TIMEOUT;
 
     swarm.dial(address.clone())?;
@@ -295,11 +293,14 @@ async fn dial(address: Multiaddr, prefix: &str) -> Result<()> {
     let peers = bincode::serialize(&PeerIdVecValue(vec![to_engine_peer(&listener)]))?;
     for message in MESSAGES {
         let x = bincode::serialize(&BytesValue(message.as_bytes().to_vec()))?;
-        swarm
-            .behaviour_mut()
-            .node_mut()
-            .invoke(&targets[0], &[("peers", &peers), ("x", &x)])
-            .map_err(|e| format!("invoke: {e:?}"))?;
+        // The closure runs on the engine thread, so it owns what it uses.
+        let (sender, peers) = (sender.clone(), peers.clone());
+        node.with_node(move |node| {
+            node.invoke(&sender, &[("peers", &peers), ("x", &x)])
+                .map(drop)
+                .map_err(|e| format!("invoke: {e:?}"))
+        })
+        .await??;
         println!("{prefix}sent {message:?}");
         let what = format!("the reply to {message:?}");
         loop {
@@ -435,20 +436,29 @@ fn compile() -> Result<(ModelProto, Vec<String>)> {
     Ok((model, targets))
 }
 
-/// Installs `target` on a Node with the engine PeerId of `key`.
-fn install(key: &Keypair, model: ModelProto, target: &str) -> Result<Node> {
+/// A swarm with a fresh identity whose behaviour runs `target` of `model`.
+fn build_swarm(
+    model: ModelProto,
+    target: &str,
+    idle_timeout: Duration,
+) -> Result<Swarm<Behaviour>> {
+    let key = Keypair::generate_ed25519();
     let me = to_engine_peer(&key.public().to_peer_id());
-    let node = bytesandbrains::install(
-        me,
-        vec![Address::empty().p2p(me)],
-        model,
-        &[target],
-        bytesandbrains::Config::new(),
+    let target = target.to_string();
+    // The Node is `!Send`: the behaviour builds it with this closure on
+    // its engine thread, with the engine PeerId of the swarm's key.
+    let behaviour = Behaviour::new(
+        move || {
+            bytesandbrains::install(
+                me,
+                vec![Address::empty().p2p(me)],
+                model,
+                &[&target],
+                bytesandbrains::Config::new(),
+            )
+        },
+        Config::default(),
     )?;
-    Ok(node)
-}
-
-fn build_swarm(key: Keypair, node: Node, idle_timeout: Duration) -> Result<Swarm<Behaviour>> {
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -457,7 +467,7 @@ fn build_swarm(key: Keypair, node: Node, idle_timeout: Duration) -> Result<Swarm
             yamux::Config::default,
         )?
         .with_quic()
-        .with_behaviour(|_| Behaviour::new(node, Config::default()))?
+        .with_behaviour(|_| behaviour)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(idle_timeout))
         .build())
 }

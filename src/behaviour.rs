@@ -10,6 +10,7 @@ mod routing;
 use std::collections::{HashSet, VecDeque};
 use std::error::Error;
 use std::future::Future;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bb_runtime::envelope::WireEnvelope;
@@ -159,11 +160,15 @@ impl Behaviour {
         let max_envelope_bytes = config
             .max_envelope_bytes()
             .unwrap_or(init.caps.max_total_bytes);
+        // A fill larger than the engine's ingress byte budget can never be
+        // taken: the codec refuses it before reading its body.
+        let mut caps = init.caps;
+        caps.max_per_fill_bytes = caps.max_per_fill_bytes.min(init.ingress_byte_budget);
         let inner = request_response::Behaviour::with_codec(
             // Its own read timeout comes first, so a trickled frame is
             // answered and reported before request-response drops the
             // stream at its timeout.
-            Codec::new(init.caps, max_envelope_bytes)
+            Codec::new(caps, max_envelope_bytes)
                 .with_read_timeout(config.request_timeout() * 3 / 4)
                 .with_expired_refused(config.wire_deadlines()),
             [(PROTOCOL_NAME, ProtocolSupport::Full)],
@@ -175,7 +180,7 @@ impl Behaviour {
             jobs,
             ingress: init.ingress.clone(),
             peer: init.local_peer,
-            stats,
+            stats: Arc::clone(&stats),
         };
         Self {
             inner,
@@ -183,7 +188,13 @@ impl Behaviour {
             handle,
             engine,
             outbound: Outbound::new(&config, max_envelope_bytes),
-            inbound: Inbound::new(init.ingress, max_ingress, init.sites),
+            inbound: Inbound::new(
+                init.ingress,
+                max_ingress,
+                init.sites,
+                init.ingress_byte_budget,
+                stats,
+            ),
             health: Health::default(),
             peers: PeerBook::default(),
             disconnecting: HashSet::new(),

@@ -41,11 +41,13 @@ impl Default for Config {
     /// - inbound envelopes waiting in the engine's ingress: unset, meaning
     ///   the ingress's own capacity (4096 events by default); past it
     ///   peers are answered "busy".
-    /// - wire deadlines: on. An envelope's `remaining_deadline_ns` (the
-    ///   engine gives each Send a per-hop budget, 100 ms by default) bounds
-    ///   how long it may wait here and on the wire, as the engine means it
-    ///   to; as a receiver, an envelope that took longer than its budget to
-    ///   arrive is refused as expired.
+    /// - wire deadlines: off. The engine gives each Send a per-hop budget
+    ///   (`remaining_deadline_ns`, a compile-time 100 ms) that knows nothing
+    ///   of the link: charged against queueing and the wire it fails a burst
+    ///   waiting its turn, a fan-in, and every envelope on a link with a
+    ///   round trip above it. So by default an envelope waits as long as its
+    ///   queue and the request timeout allow; turn them on where the budget
+    ///   is meant.
     /// - per-op engine steps: not emitted (they fire once per op and would
     ///   flood the swarm's event stream).
     fn default() -> Self {
@@ -56,7 +58,7 @@ impl Default for Config {
             max_envelopes_in_flight: 256,
             max_queued_envelopes: 1024,
             max_ingress_envelopes: None,
-            wire_deadlines: true,
+            wire_deadlines: false,
             emit_op_steps: false,
         }
     }
@@ -112,14 +114,14 @@ impl Config {
         self
     }
 
-    /// Whether an envelope's `remaining_deadline_ns` bounds its request
-    /// timeout (it fails with
+    /// Whether an envelope's `remaining_deadline_ns` bounds its life here:
+    /// the time it waits in this behaviour's queue counts against it, it
+    /// bounds the request timeout, and it fails with
     /// [`SendFailure::DeadlineExceeded`](crate::SendFailure::DeadlineExceeded)
-    /// when the budget runs out first). Turn it off for links slower than
-    /// the engine's per-hop budget (on both sides: a receiver with it on
-    /// refuses envelopes that took longer than their budget to arrive); the
-    /// request timeout alone applies then. Time an envelope waits in this
-    /// behaviour's queue always counts.
+    /// when the budget runs out first; as a receiver, an envelope that took
+    /// longer than its budget to arrive is refused as expired. Off by
+    /// default (see [`Config::default`]): then the request timeout alone
+    /// bounds an envelope on the wire, and nothing while it is queued.
     pub fn with_wire_deadlines(mut self, bound: bool) -> Self {
         self.wire_deadlines = bound;
         self

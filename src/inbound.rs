@@ -4,6 +4,7 @@
 //! engine thread, and still means what it always meant: the engine's
 //! ingress took the envelope.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bb_runtime::envelope::WireEnvelope;
@@ -13,6 +14,7 @@ use libp2p::PeerId;
 use prost::Message;
 
 use crate::compat::sites::Sites;
+use crate::engine::host::HostStats;
 use crate::event::{RejectKind, Rejection};
 use crate::health::Health;
 use crate::peer::{p2p_address, peer_of_address, to_engine_peer};
@@ -31,15 +33,26 @@ pub(crate) struct Inbound {
     max_ingress: usize,
     sites: Sites,
     stats: WireStats,
+    /// The engine's ingress byte budget, and what of it is in use.
+    byte_budget: usize,
+    host: Arc<HostStats>,
 }
 
 impl Inbound {
-    pub(crate) fn new(ingress: IngressQueueRef, max_ingress: usize, sites: Sites) -> Self {
+    pub(crate) fn new(
+        ingress: IngressQueueRef,
+        max_ingress: usize,
+        sites: Sites,
+        byte_budget: usize,
+        host: Arc<HostStats>,
+    ) -> Self {
         Self {
             ingress,
             max_ingress,
             sites,
             stats: WireStats::default(),
+            byte_budget,
+            host,
         }
     }
 
@@ -81,6 +94,29 @@ impl Inbound {
         envelope
             .src_peer_addresses
             .retain(|a| peer_of_address(a) == Some(peer));
+        // The engine would take the envelope and then drop its values past
+        // its byte budget; refuse it here instead, so an acknowledgement
+        // keeps its meaning.
+        let payload: usize = envelope.fills.iter().map(|f| f.payload.len()).sum();
+        if payload > self.byte_budget {
+            return Err(Rejection::new(
+                RejectKind::CapsExceeded,
+                format!(
+                    "{payload} payload bytes exceed the receiver's ingress byte budget of {}",
+                    self.byte_budget
+                ),
+            ));
+        }
+        let committed = self.host.ingress_bytes.committed();
+        if committed.saturating_add(payload) > self.byte_budget {
+            return Err(Rejection::new(
+                RejectKind::Busy,
+                format!(
+                    "engine holds {committed} of its {} ingress bytes; {payload} more do not fit",
+                    self.byte_budget
+                ),
+            ));
+        }
         let event = IngressEvent::EnvelopeFrom {
             src_peer: to_engine_peer(&peer),
             envelope,
@@ -92,6 +128,7 @@ impl Inbound {
             return Err(self.busy());
         }
         self.ingress.push(event).map_err(|_| self.busy())?;
+        self.host.ingress_bytes.pushed(payload);
         Ok(advice)
     }
 

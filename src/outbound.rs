@@ -78,6 +78,7 @@ pub(crate) struct Outbound {
     max_envelope_bytes: usize,
     /// Envelopes waiting for room or for a busy peer.
     outbox: Outbox,
+    max_queued: usize,
     /// The outbox may hold envelopes that can go now.
     outbox_changed: bool,
     /// Fires when the earliest busy peer's wait ends.
@@ -89,6 +90,8 @@ pub(crate) struct Outbound {
     /// Budgets shorter than this bound the wire; zero when wire deadlines
     /// are off.
     deadline_bound: Duration,
+    /// Whether the budget counts at all ([`Config::with_wire_deadlines`]).
+    wire_deadlines: bool,
     outcomes: VecDeque<Outcome>,
 }
 
@@ -100,7 +103,8 @@ impl Outbound {
             per_peer: HashMap::new(),
             max_per_peer: (config.max_concurrent_streams() / 2).max(1),
             max_envelope_bytes,
-            outbox: Outbox::new(config.max_queued_envelopes()),
+            outbox: Outbox::default(),
+            max_queued: config.max_queued_envelopes(),
             outbox_changed: false,
             outbox_timer: None,
             deadlines: BinaryHeap::new(),
@@ -110,6 +114,7 @@ impl Outbound {
             } else {
                 Duration::ZERO
             },
+            wire_deadlines: config.wire_deadlines(),
             outcomes: VecDeque::new(),
         }
     }
@@ -249,14 +254,21 @@ impl Outbound {
         Some(outgoing)
     }
 
-    /// Queues `outgoing`. A retry goes first and evicts nothing: it was on
-    /// the wire a moment ago, so what this side holds does not grow.
+    /// Queues `outgoing`. What this side holds, in flight and queued, is
+    /// bounded by both bounds together: an in-flight slot a waiting peer
+    /// cannot use holds an envelope in the queue instead. Past that the
+    /// oldest queued envelope fails. A retry goes first and evicts nothing:
+    /// it was on the wire a moment ago, so what this side holds does not
+    /// grow.
     fn queue(&mut self, outgoing: Outgoing, retry: bool) {
+        let full = self.in_flight.len() + self.outbox.len() >= self.max_in_flight + self.max_queued;
         let evicted = if retry {
             self.outbox.push_retry(outgoing);
             None
         } else {
-            self.outbox.push(outgoing)
+            let evicted = full.then(|| self.outbox.pop_oldest()).flatten();
+            self.outbox.push(outgoing);
+            evicted
         };
         self.outbox_changed = true;
         if let Some(dropped) = evicted {
@@ -283,7 +295,7 @@ impl Outbound {
         }
         let waited = outgoing.since.elapsed().as_nanos() as u64;
         let remaining = outgoing.envelope.remaining_deadline_ns;
-        if remaining > 0 && waited > 0 {
+        if self.wire_deadlines && remaining > 0 && waited > 0 {
             if waited >= remaining {
                 let budget = Duration::from_nanos(remaining);
                 return self

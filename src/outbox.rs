@@ -25,33 +25,26 @@ pub(crate) struct Outgoing {
     pub(crate) since: Instant,
 }
 
-/// A bounded first-in, first-out queue of [`Outgoing`] envelopes.
+/// A first-in, first-out queue of [`Outgoing`] envelopes; its owner bounds
+/// it.
+#[derive(Default)]
 pub(crate) struct Outbox {
     queue: VecDeque<Outgoing>,
-    cap: usize,
 }
 
 impl Outbox {
-    pub(crate) fn new(cap: usize) -> Self {
-        Self {
-            queue: VecDeque::new(),
-            cap: cap.max(1),
-        }
-    }
-
-    /// Queues `outgoing`; when full, the oldest envelope makes room and is
-    /// returned.
-    pub(crate) fn push(&mut self, outgoing: Outgoing) -> Option<Outgoing> {
-        let evicted = (self.queue.len() == self.cap)
-            .then(|| self.queue.pop_front())
-            .flatten();
+    /// Queues `outgoing` last.
+    pub(crate) fn push(&mut self, outgoing: Outgoing) {
         self.queue.push_back(outgoing);
-        evicted
     }
 
-    /// Queues a retry ahead of the others (it keeps its place in its
-    /// peer's order), past the cap if need be: it comes from the in-flight
-    /// table, whose own bound bounds these.
+    /// Takes the envelope that has waited longest.
+    pub(crate) fn pop_oldest(&mut self) -> Option<Outgoing> {
+        self.queue.pop_front()
+    }
+
+    /// Queues a retry ahead of the others: it keeps its place in its peer's
+    /// order.
     pub(crate) fn push_retry(&mut self, outgoing: Outgoing) {
         self.queue.push_front(outgoing);
     }
@@ -119,12 +112,13 @@ mod tests {
     }
 
     #[test]
-    fn bounded_oldest_out() {
+    fn oldest_out_and_retries_first() {
         let p = PeerId::random();
-        let mut outbox = Outbox::new(2);
-        assert!(outbox.push(out(p, 1)).is_none());
-        assert!(outbox.push(out(p, 2)).is_none());
-        assert_eq!(outbox.push(out(p, 3)).and_then(|o| o.wire_req_id), Some(1));
+        let mut outbox = Outbox::default();
+        outbox.push(out(p, 1));
+        outbox.push(out(p, 2));
+        outbox.push(out(p, 3));
+        assert_eq!(outbox.pop_oldest().and_then(|o| o.wire_req_id), Some(1));
         outbox.push_retry(out(p, 0));
         assert_eq!(outbox.len(), 3);
         assert_eq!(ids(&outbox.take_ready(9, |_| true)), [0, 2, 3]);
@@ -133,7 +127,7 @@ mod tests {
     #[test]
     fn a_waiting_peer_keeps_its_order_and_others_pass() {
         let (p, q) = (PeerId::random(), PeerId::random());
-        let mut outbox = Outbox::new(8);
+        let mut outbox = Outbox::default();
         for (peer, id) in [(p, 1), (q, 2), (p, 3), (q, 4)] {
             outbox.push(out(peer, id));
         }

@@ -8,12 +8,11 @@
 //! `-rss_limit_mb` and `-malloc_limit_mb`).
 #![no_main]
 
-use std::cell::RefCell;
-use std::task::{Context, Waker};
+use std::sync::{LazyLock, Mutex};
 
 use bb_libp2p::codec::Request;
 use bb_libp2p::{Behaviour, RejectKind, PROTOCOL_NAME};
-use bb_libp2p_fuzz::{codec, receiver, sender_peer};
+use bb_libp2p_fuzz::{codec, deliver, receiver, sender_peer};
 use futures::executor::block_on;
 use libfuzzer_sys::fuzz_target;
 use libp2p::request_response::Codec as _;
@@ -25,11 +24,10 @@ const CYCLES: usize = 4;
 /// come due as they would under traffic, and replay the same way.
 const TICK_NS: u64 = 10_000_000;
 
-thread_local! {
-    // Building the receiver compiles and installs graphs: once per process.
-    // The Node is !Send, hence a thread-local.
-    static RECEIVER: RefCell<Behaviour> = RefCell::new(receiver());
-}
+/// Building the receiver compiles and installs graphs: once per process.
+/// Its Node runs on an engine thread of its own; a panic there aborts the
+/// process as one here does.
+static RECEIVER: LazyLock<Mutex<Behaviour>> = LazyLock::new(|| Mutex::new(receiver()));
 
 fuzz_target!(|frame: &[u8]| {
     let mut cursor = futures::io::Cursor::new(frame);
@@ -53,18 +51,7 @@ fuzz_target!(|frame: &[u8]| {
             return;
         }
     };
-    RECEIVER.with_borrow_mut(|receiver| {
-        // A refusal here is an answer like any other.
-        let _ = receiver.inject_envelope(sender_peer(), envelope);
-        let node = receiver.node_mut();
-        let scheduler = &mut node.engine_install_handle().framework.scheduler;
-        let now = scheduler.now_ns().saturating_add(TICK_NS);
-        scheduler.set_now(now);
-        let mut cx = Context::from_waker(Waker::noop());
-        for _ in 0..CYCLES {
-            if node.poll(&mut cx).is_pending() {
-                break;
-            }
-        }
-    });
+    let mut receiver = RECEIVER.lock().unwrap_or_else(|e| e.into_inner());
+    // A refusal here is an answer like any other.
+    let _ = deliver(&mut receiver, sender_peer(), envelope, CYCLES, TICK_NS);
 });

@@ -9,10 +9,14 @@
 //! names, and the engine resolves names across a Node's graphs, so a second
 //! receiver would stall behind the first.)
 
+use std::future::Future;
+use std::sync::mpsc::{self, TryRecvError};
+use std::task::{Context, Waker};
+
 use bb_ir::proto::onnx::{NodeProto, StringStringEntryProto};
 use bb_libp2p::codec::Codec;
 use bb_libp2p::sites::portable_site_id;
-use bb_libp2p::{p2p_address, to_engine_peer, Behaviour, Config};
+use bb_libp2p::{p2p_address, to_engine_peer, Behaviour, Config, Rejection};
 use bb_runtime::envelope::{
     CorrelationKind, EnvelopeCaps, SlotFill, WireCorrelation, WireEnvelope,
 };
@@ -110,8 +114,8 @@ impl Module for RoundTrip {
     }
 }
 
-/// The receiver: a Node running RoundTrip's receiving partition, wrapped in
-/// the behaviour (which bridges its ports).
+/// The receiver: a Node running RoundTrip's receiving partition, built on
+/// its engine thread by the behaviour (which bridges its ports).
 pub fn receiver() -> Behaviour {
     bytesandbrains::ops::link_force();
     let model = Compiler::new()
@@ -119,18 +123,73 @@ pub fn receiver() -> Behaviour {
         .expect("module compiles");
     let receiving = model.functions[1].name.clone();
     let me = to_engine_peer(&receiver_peer());
-    let node = bytesandbrains::install(
-        me,
-        vec![Address::empty().p2p(me)],
-        model,
-        &[&receiving],
-        bytesandbrains::Config::new(),
-    )
-    .expect("install");
     Behaviour::new(
-        node,
+        move || {
+            bytesandbrains::install(
+                me,
+                vec![Address::empty().p2p(me)],
+                model,
+                &[&receiving],
+                bytesandbrains::Config::new(),
+            )
+        },
         Config::default().with_max_envelope_bytes(MAX_ENVELOPE_BYTES),
     )
+    .expect("the receiver's Node starts")
+}
+
+/// Hands `envelope` from `peer` to `receiver` as one read from the wire
+/// (`Behaviour::inject_envelope`), then moves the engine's clock on by
+/// `tick_ns` and runs up to `cycles` engine cycles, or until the engine is
+/// idle. Returns the refusal the peer would have been answered with.
+///
+/// The Node runs on its engine thread, which would otherwise take the
+/// envelope on its own schedule and at wall-clock time. So the envelope is
+/// injected while a call on that thread waits for it, and the same call
+/// then runs the cycles: every input is processed the same way, at engine
+/// time that only the inputs move, and a crash replays. What the cycles
+/// yield (the reply envelope, the `AppEvent`) is dropped.
+pub fn deliver(
+    receiver: &mut Behaviour,
+    peer: PeerId,
+    envelope: WireEnvelope,
+    cycles: usize,
+    tick_ns: u64,
+) -> Result<(), Rejection> {
+    let (started, on_started) = mpsc::channel::<()>();
+    let (injected, on_injected) = mpsc::channel::<()>();
+    let node = receiver.handle();
+    let call = node.with_node(move |node| {
+        let _ = started.send(());
+        let _ = on_injected.recv();
+        let scheduler = &mut node.engine_install_handle().framework.scheduler;
+        let now = scheduler.now_ns().saturating_add(tick_ns);
+        scheduler.set_now(now);
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..cycles {
+            if node.poll(&mut cx).is_pending() {
+                break;
+            }
+        }
+    });
+    let mut call = std::pin::pin!(call);
+    let mut cx = Context::from_waker(Waker::noop());
+    // Sends the call (its queue has room at once), then waits until the
+    // engine thread runs it.
+    loop {
+        if call.as_mut().poll(&mut cx).is_ready() {
+            panic!("the receiver's engine thread stopped");
+        }
+        match on_started.try_recv() {
+            Ok(()) => break,
+            Err(TryRecvError::Empty) => std::thread::yield_now(),
+            Err(TryRecvError::Disconnected) => panic!("the receiver's engine thread stopped"),
+        }
+    }
+    let verdict = receiver.inject_envelope(peer, envelope);
+    let _ = injected.send(());
+    futures::executor::block_on(call).expect("the receiver's engine thread runs");
+    verdict
 }
 
 /// An envelope as a RoundTrip sender ships it to the receiver, with

@@ -17,7 +17,7 @@ use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -58,6 +58,8 @@ pub(crate) struct Init {
     pub(crate) sites: Sites,
     pub(crate) ingress: IngressQueueRef,
     pub(crate) caps: EnvelopeCaps,
+    /// `NodeConfig::ingress_byte_budget`.
+    pub(crate) ingress_byte_budget: usize,
 }
 
 /// Counters read from other threads.
@@ -65,6 +67,45 @@ pub(crate) struct Init {
 pub(crate) struct HostStats {
     /// Times the host task was polled.
     pub(crate) wakeups: AtomicU64,
+    /// The engine's ingress byte budget in use, as the swarm's side needs
+    /// it to answer busy before the engine would drop a value.
+    pub(crate) ingress_bytes: IngressBytes,
+}
+
+/// The bytes of values the engine holds against its ingress byte budget
+/// (`NodeConfig::ingress_byte_budget`), and of those pushed but not yet
+/// taken.
+///
+/// The engine charges each fill's payload against the budget when it
+/// takes the envelope from its ingress, and drops the value
+/// (`WireReceiveFailed { BudgetExceeded }`) when it does not fit: after the
+/// transport acknowledged it. So the swarm's side counts what it pushes,
+/// the host publishes what the engine holds after each cycle, and an
+/// envelope that would not fit is answered busy instead.
+#[derive(Debug, Default)]
+pub(crate) struct IngressBytes {
+    /// Payload bytes the swarm's side pushed, ever.
+    pushed: AtomicUsize,
+    /// Of those, the bytes the engine has taken in (or refused).
+    taken: AtomicUsize,
+    /// The engine's `ingress_bytes_in_flight` after its last cycle.
+    held: AtomicUsize,
+}
+
+impl IngressBytes {
+    /// Bytes the engine will hold once it takes what waits in its ingress.
+    pub(crate) fn committed(&self) -> usize {
+        let waiting = self
+            .pushed
+            .load(Ordering::Acquire)
+            .saturating_sub(self.taken.load(Ordering::Acquire));
+        self.held.load(Ordering::Acquire).saturating_add(waiting)
+    }
+
+    /// `bytes` more were pushed.
+    pub(crate) fn pushed(&self, bytes: usize) {
+        self.pushed.fetch_add(bytes, Ordering::AcqRel);
+    }
 }
 
 /// The ends of the lanes and channels a host is built with.
@@ -131,6 +172,7 @@ impl Host {
             sites: sites.clone(),
             ingress: node.ingress_handle(),
             caps: node.config().envelope_caps,
+            ingress_byte_budget: node.config().ingress_byte_budget,
         };
         let bootstrap = node.run_bootstrap(&[]);
         let mut host = Self {
@@ -380,7 +422,14 @@ impl Host {
         // Consume a due timer; the cycle below acts on it.
         let _ = self.clock.poll_due(cx);
         self.clock.advance(self.node.engine_install_handle());
-        if let Poll::Ready(steps) = self.node.poll(cx) {
+        let bytes = &self.links.stats.ingress_bytes;
+        // Everything pushed by now is drained by this cycle.
+        let pushed = bytes.pushed.load(Ordering::Acquire);
+        let polled = self.node.poll(cx);
+        let held = self.node.engine_install_handle().ingress_bytes_in_flight();
+        bytes.held.store(held, Ordering::Release);
+        bytes.taken.store(pushed, Ordering::Release);
+        if let Poll::Ready(steps) = polled {
             self.clock_dirty = true;
             self.pruner.maybe_prune(self.node.engine_install_handle());
             for step in steps {
