@@ -45,12 +45,7 @@ async fn ping_acked(
     payload: &[u8],
     acked: &mut bool,
 ) -> Vec<u8> {
-    send_value(
-        &a.behaviour().handle(),
-        sender,
-        *b.local_peer_id(),
-        payload,
-    );
+    send_value(&a.behaviour().handle(), sender, *b.local_peer_id(), payload);
     until(
         &mut [a, b],
         Duration::from_secs(10),

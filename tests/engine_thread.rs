@@ -537,11 +537,11 @@ async fn dropping_a_swarm_mid_transfer_stops_its_engine() {
         Duration::from_secs(30),
         "every outcome",
         |_, e| {
-            match e {
-                SwarmEvent::Behaviour(
-                    Event::EnvelopeAcknowledged { .. } | Event::SendFailed { .. },
-                ) => outcomes += 1,
-                _ => {}
+            if let SwarmEvent::Behaviour(
+                Event::EnvelopeAcknowledged { .. } | Event::SendFailed { .. },
+            ) = e
+            {
+                outcomes += 1;
             }
             (outcomes == 200).then_some(())
         },

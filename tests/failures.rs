@@ -199,9 +199,12 @@ async fn envelope_deadline_bounds_the_wire() {
     let (_close, rx) = mpsc::channel(1);
     let (dest, addr) = silent_server(rx);
     let addr = addr.await;
-    let (mut a, id) = sender_to(dest, Config::default()
+    let (mut a, id) = sender_to(
+        dest,
+        Config::default()
             .with_request_timeout(TIMEOUT)
-            .with_wire_deadlines(true));
+            .with_wire_deadlines(true),
+    );
     a.add_peer_address(dest, addr);
     let start = Instant::now();
     let reason = expect_failure(&mut a, dest, id).await;
