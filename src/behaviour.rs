@@ -312,7 +312,9 @@ impl Behaviour {
     /// The envelopes are the ones unacknowledged when this is called; the
     /// returned future completes once the engine thread has taken the
     /// snapshot, and needs no polling of the swarm. The running Node is left
-    /// as it was.
+    /// as it was. When the envelopes do not all fit the engine's outbound
+    /// queue it fails with [`SnapshotFailed::TooManyUnacknowledged`]
+    /// rather than carry fewer.
     pub fn snapshot(
         &self,
     ) -> impl Future<Output = Result<NodeSnapshot, SnapshotFailed>> + Send + 'static {
@@ -326,9 +328,7 @@ impl Behaviour {
             send_job(&jobs, job)
                 .await
                 .map_err(|_| SnapshotFailed::EngineStopped)?;
-            rx.await
-                .map_err(|_| SnapshotFailed::EngineStopped)?
-                .map_err(SnapshotFailed::Engine)
+            rx.await.map_err(|_| SnapshotFailed::EngineStopped)?
         }
     }
 }

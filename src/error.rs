@@ -56,12 +56,26 @@ pub enum SnapshotFailed {
     Engine(bb_runtime::errors::SnapshotError),
     /// The Node's engine thread is gone.
     EngineStopped,
+    /// The envelopes not yet acknowledged, with those in the engine's own
+    /// outbound queue, are more than that queue holds
+    /// (`NodeConfig::max_outbound_queue`): a snapshot would lose some.
+    /// Take it when fewer are outstanding, or raise the engine's cap.
+    TooManyUnacknowledged {
+        /// Envelopes the snapshot would have to carry.
+        held: usize,
+        /// What the engine's outbound queue holds.
+        cap: usize,
+    },
 }
 
 impl fmt::Display for SnapshotFailed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SnapshotFailed::Engine(e) => write!(f, "snapshot failed: {e:?}"),
+            SnapshotFailed::TooManyUnacknowledged { held, cap } => write!(
+                f,
+                "{held} unacknowledged envelopes do not fit the engine's outbound queue of {cap}"
+            ),
             SnapshotFailed::EngineStopped => f.write_str("the engine thread stopped"),
         }
     }

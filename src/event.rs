@@ -190,7 +190,10 @@ pub enum SendFailure {
     Io(String),
     /// The peer read the envelope and refused it.
     Rejected(Rejection),
-    /// The Node's PeerGovernor denies the peer; nothing was sent.
+    /// The Node's PeerGovernor denied the peer before the envelope was
+    /// sent: nothing was sent. (An envelope already on the wire when its
+    /// peer is denied fails as its connection closes, as
+    /// [`SendFailure::ConnectionClosed`]: it may have arrived.)
     Denied(Denial),
     /// The peer is not connected and its back-off after failed attempts has
     /// not passed; it was not dialled.
@@ -234,6 +237,22 @@ impl SendFailure {
             SendFailure::QueueFull { .. } => "queue_full",
             SendFailure::DeadlineExceeded { .. } => "deadline",
         }
+    }
+
+    /// Whether the envelope may have reached the peer's engine all the same:
+    /// the connection closed, the stream broke or the acknowledgement did
+    /// not come in time after the envelope was written. Every other failure
+    /// means it was not taken (it never left this Node, or the peer refused
+    /// it): an application may send those again without risking a
+    /// duplicate, and should not assume either way about these.
+    pub fn may_have_been_delivered(&self) -> bool {
+        matches!(
+            self,
+            SendFailure::Timeout
+                | SendFailure::ConnectionClosed
+                | SendFailure::Io(_)
+                | SendFailure::DeadlineExceeded { .. }
+        )
     }
 
     /// Whether the failure says the peer could not be reached (dial failure,

@@ -293,6 +293,15 @@ impl Outbound {
         if let Some(denial) = link.health.denial(&outgoing.peer) {
             return self.outcomes.push_back(fail(SendFailure::Denied(denial)));
         }
+        // Its peer failed while it waited: not dialled again before the
+        // back-off passes, as a new send would not be.
+        if !link.peers.is_connected(&outgoing.peer) {
+            if let Some(retry_in) = link.health.cooldown(&outgoing.peer) {
+                return self
+                    .outcomes
+                    .push_back(fail(SendFailure::Backoff { retry_in }));
+            }
+        }
         let waited = outgoing.since.elapsed().as_nanos() as u64;
         let remaining = outgoing.envelope.remaining_deadline_ns;
         if self.wire_deadlines && remaining > 0 && waited > 0 {

@@ -153,3 +153,186 @@ async fn values_past_the_budget_together_wait_and_all_arrive() {
     })
     .await;
 }
+
+/// Envelopes queued behind a failed dial do not dial again inside the
+/// back-off: they fail as `backoff`, and the dial failures count once.
+#[tokio::test(flavor = "current_thread")]
+async fn queued_envelopes_respect_the_back_off() {
+    let (model, targets) = compile(Ping);
+    let mut a = bb_swarm(&model, &[&targets[0]]);
+    // A peer whose address nothing listens on.
+    let dest = libp2p::PeerId::random();
+    a.add_peer_address(dest, "/memory/4242424242".parse().unwrap());
+    let target = targets[0].clone();
+    a.behaviour()
+        .handle()
+        .with_node_blocking(move |node| {
+            for n in 0..200u32 {
+                invoke_send(node, &target, dest, &n.to_le_bytes());
+            }
+        })
+        .unwrap();
+    let (mut dial_failures, mut backoffs, mut dials) = (0, 0, 0);
+    until(
+        &mut [&mut a],
+        Duration::from_secs(20),
+        "200 outcomes",
+        |_, e| {
+            match e {
+                SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => match reason {
+                    SendFailure::DialFailure => dial_failures += 1,
+                    SendFailure::Backoff { .. } => backoffs += 1,
+                    other => panic!("unexpected failure {other:?}"),
+                },
+                SwarmEvent::OutgoingConnectionError { .. } => dials += 1,
+                SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. }) => panic!("acknowledged"),
+                _ => {}
+            }
+            (dial_failures + backoffs == 200).then_some(())
+        },
+    )
+    .await;
+    // At most the first batch in flight (half the stream limit) went to one
+    // dial; the rest waited and then met the back-off.
+    assert!(
+        dial_failures <= 50,
+        "{dial_failures} dial failures, {backoffs} back-offs"
+    );
+    assert!(
+        backoffs >= 150,
+        "{dial_failures} dial failures, {backoffs} back-offs"
+    );
+    assert!(dials <= 2, "{dials} dials inside the first back-off");
+    let failures = common::on_node(&a, move |node| {
+        node.peer_health(bb_libp2p::to_engine_peer(&dest))
+            .map(|h| h.consecutive_failures)
+    });
+    assert_eq!(failures, Some(1), "one attempt, one failure");
+}
+
+/// A snapshot that cannot carry every unacknowledged envelope (the
+/// engine's outbound queue is smaller than what the behaviour holds) fails
+/// with an error instead of dropping some, and the running sender loses
+/// nothing.
+#[tokio::test(flavor = "current_thread")]
+async fn a_snapshot_that_cannot_carry_everything_fails() {
+    let (model, targets) = compile(Ping);
+    let key = Keypair::generate_ed25519();
+    let (node_key, node_model, sender) = (key.clone(), model.clone(), targets[0].clone());
+    let behaviour = Behaviour::new(
+        move || {
+            let node = install(&node_key, &node_model, &[&sender]);
+            let id = node.peer_id();
+            Ok::<_, std::convert::Infallible>(
+                node.with_config(NodeConfig::new(id).with_max_outbound_queue(100)),
+            )
+        },
+        Config::default(),
+    )
+    .unwrap();
+    let mut a = memory_swarm(key, behaviour);
+    let mut b = bb_swarm(&model, &[&targets[1]]);
+    connect(&mut a, &mut b).await;
+    let pb = *b.local_peer_id();
+    // In batches, so the engine's own queue of 100 never overflows.
+    for batch in 0..6u32 {
+        let target = targets[0].clone();
+        a.behaviour()
+            .handle()
+            .with_node_blocking(move |node| {
+                for n in 0..50 {
+                    invoke_send(node, &target, pb, &(batch * 50 + n).to_le_bytes());
+                }
+            })
+            .unwrap();
+        // B is not polled: nothing is acknowledged.
+        run_for(&mut [&mut a], Duration::from_millis(50), |_, e| {
+            assert!(!matches!(
+                e,
+                SwarmEvent::Behaviour(Event::OutboundDropped { .. })
+            ));
+        })
+        .await;
+    }
+    assert_eq!(
+        a.behaviour().envelopes_in_flight() + a.behaviour().envelopes_queued(),
+        300
+    );
+    match a.behaviour().snapshot().await {
+        Err(bb_libp2p::SnapshotFailed::TooManyUnacknowledged { held, cap }) => {
+            assert_eq!((held, cap), (300, 100))
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|_| "a snapshot")),
+    }
+    // Nothing was dropped: every envelope arrives, none reported lost.
+    let (mut acked, mut got) = (0, 0);
+    until(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(30),
+        "300 deliveries",
+        |i, e| {
+            match e {
+                SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. }) => acked += 1,
+                SwarmEvent::Behaviour(Event::AppEvent { .. }) if i == 1 => got += 1,
+                SwarmEvent::Behaviour(Event::OutboundDropped { count }) => {
+                    panic!("dropped {count}")
+                }
+                SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => panic!("{reason}"),
+                _ => {}
+            }
+            (acked == 300 && got == 300).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Blocking a peer with envelopes in flight and queued: the queued ones
+/// fail as `denied` (never sent), the ones on the wire as closed
+/// connections (they may have arrived), and every value the peer's engine
+/// took is among those not labelled "definitely not delivered".
+#[tokio::test(flavor = "current_thread")]
+async fn denied_means_not_sent() {
+    let (model, targets) = compile(Ping);
+    let mut a = bb_swarm(&model, &[&targets[0]]);
+    let mut b = bb_swarm(&model, &[&targets[1]]);
+    connect(&mut a, &mut b).await;
+    let pb = *b.local_peer_id();
+    let target = targets[0].clone();
+    a.behaviour()
+        .handle()
+        .with_node_blocking(move |node| {
+            for n in 0..200u32 {
+                invoke_send(node, &target, pb, &n.to_le_bytes());
+            }
+        })
+        .unwrap();
+    // Let some go out and arrive, then block B from A.
+    let (mut acked, mut arrived, mut denied, mut maybe) = (0, 0, 0, 0);
+    let mut count = |i: usize, e: SwarmEvent<Event>| match e {
+        SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. }) => acked += 1,
+        SwarmEvent::Behaviour(Event::AppEvent { .. }) if i == 1 => arrived += 1,
+        SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => match reason {
+            SendFailure::Denied(_) => denied += 1,
+            r if r.may_have_been_delivered() => maybe += 1,
+            r => panic!("unexpected failure {r:?}"),
+        },
+        _ => {}
+    };
+    run_for(&mut [&mut a, &mut b], Duration::from_millis(5), &mut count).await;
+    let engine_pb = bb_libp2p::to_engine_peer(&pb);
+    common::on_node(&a, move |node| node.block_peer(engine_pb));
+    run_for(&mut [&mut a, &mut b], Duration::from_secs(3), &mut count).await;
+    assert_eq!(
+        acked + denied + maybe,
+        200,
+        "{acked} acked, {denied} denied, {maybe} maybe"
+    );
+    assert!(denied > 0, "nothing was still queued");
+    // What arrived was acknowledged or may have been delivered; nothing
+    // labelled denied arrived.
+    assert!(
+        arrived <= acked + maybe,
+        "{arrived} arrived, {acked} acked, {maybe} maybe"
+    );
+    assert!(arrived >= acked);
+}

@@ -132,17 +132,11 @@ impl Behaviour {
         wire_req_id: Option<u64>,
         reason: SendFailure,
     ) {
-        // Envelopes in flight when their peer was denied fail as closed
-        // connections or refused dials: they were denied, not unanswered.
-        let reason = match peer
-            .filter(|_| reason.is_unreachable())
-            .and_then(|p| self.health.denial(&p))
-        {
-            Some(denial) => SendFailure::Denied(denial),
-            None => reason,
-        };
         tracing::debug!(?peer, ?wire_req_id, %reason, "envelope not delivered");
-        if let Some(peer) = peer.filter(|_| reason.is_unreachable()) {
+        // A peer this Node denied did not fail; its closed connections are
+        // this Node's doing.
+        let denied = peer.is_some_and(|p| self.health.denial(&p).is_some());
+        if let Some(peer) = peer.filter(|_| reason.is_unreachable() && !denied) {
             let transition = self.health.failed(peer);
             self.engine
                 .tell(ToEngine::Health(peer, HealthRecord::Failure));

@@ -23,7 +23,6 @@ use std::task::{Context, Poll};
 
 use bb_runtime::engine::EngineStep;
 use bb_runtime::envelope::{EnvelopeCaps, WireEnvelope};
-use bb_runtime::errors::SnapshotError;
 use bb_runtime::ids::PeerId as EnginePeerId;
 use bb_runtime::ingress::{IngressEvent, IngressQueueRef};
 use bb_runtime::node::Node;
@@ -38,6 +37,7 @@ use crate::address_book::EngineBook;
 use crate::admission;
 use crate::clock::Clock;
 use crate::compat::{self, contexts::Pruner, deadline_gates, sites::Sites, wire_requests};
+use crate::error::SnapshotFailed;
 use crate::event::AppEvent;
 use crate::peer::{p2p_address, to_libp2p_peer};
 
@@ -223,13 +223,20 @@ impl Host {
     pub(crate) fn snapshot(
         &mut self,
         unacknowledged: Vec<WireEnvelope>,
-    ) -> Result<NodeSnapshot, SnapshotError> {
+    ) -> Result<NodeSnapshot, SnapshotFailed> {
+        // The engine's queue drops its oldest past its cap, without a word
+        // to the snapshot: refuse rather than carry fewer than were held.
+        let cap = self.node.config().max_outbound_queue;
         let queue = &mut self.node.engine_install_handle().framework.outbound_queue;
+        let held = queue.len() + unacknowledged.len();
+        if let Some(cap) = cap.filter(|cap| held > *cap) {
+            return Err(SnapshotFailed::TooManyUnacknowledged { held, cap });
+        }
         let before = queue.drain_all();
         for envelope in before.iter().cloned().chain(unacknowledged) {
             queue.push(envelope);
         }
-        let snapshot = self.node.snapshot();
+        let snapshot = self.node.snapshot().map_err(SnapshotFailed::Engine);
         let queue = &mut self.node.engine_install_handle().framework.outbound_queue;
         queue.drain_all();
         for envelope in before {
