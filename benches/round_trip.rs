@@ -92,36 +92,50 @@ impl BbPair {
             let tag = self.sent.to_le_bytes();
             self.x[8..16].copy_from_slice(&tag);
             // The buffer goes to the engine thread and comes back, so the
-            // invoke's copy stays the only one.
+            // invoke's copy stays the only one. The swarms run meanwhile: the
+            // envelope leaves as soon as the engine yields it, not once the
+            // invoke's result is back here.
             let x = std::mem::take(&mut self.x);
             let (sender, peers) = (self.sender.clone(), self.peers.clone());
-            self.x = self
-                .node_a
-                .with_node(move |node| {
-                    node.invoke(&sender, &[("peers", &peers), ("x", &x)])
-                        .expect("invoke");
-                    x
-                })
-                .await
-                .expect("A's Node runs");
+            let mut invoked = Box::pin(self.node_a.with_node(move |node| {
+                node.invoke(&sender, &[("peers", &peers), ("x", &x)])
+                    .expect("invoke");
+                x
+            }));
             let (a, b) = (&mut self.a, &mut self.b);
-            let y = within_timeout(poll_fn(|cx| {
+            let mut back = None;
+            let mut y = None;
+            within_timeout(poll_fn(|cx| {
+                if back.is_none() {
+                    if let Poll::Ready(x) = invoked.as_mut().poll(cx) {
+                        back = Some(x.expect("A's Node runs"));
+                    }
+                }
                 while let Poll::Ready(Some(event)) = b.poll_next_unpin(cx) {
                     check_bb(&event);
                 }
-                while let Poll::Ready(Some(event)) = a.poll_next_unpin(cx) {
+                while y.is_none() {
+                    let Poll::Ready(Some(event)) = a.poll_next_unpin(cx) else {
+                        break;
+                    };
                     check_bb(&event);
                     if let SwarmEvent::Behaviour(Event::AppEvent {
                         topic, value_bytes, ..
                     }) = event
                     {
                         assert_eq!(topic, "y");
-                        return Poll::Ready(value_bytes);
+                        y = Some(value_bytes);
                     }
                 }
-                Poll::Pending
+                if back.is_some() && y.is_some() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
             }))
             .await;
+            self.x = back.expect("ready above");
+            let y = y.expect("ready above");
             assert_eq!((y.len(), &y[8..16]), (self.x.len(), &tag[..]));
         }
         start.elapsed()
