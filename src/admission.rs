@@ -90,3 +90,28 @@ pub(crate) fn record_advisory(engine: &mut Engine, peer: &PeerId, wait_ns: u64) 
         wait_ns,
     );
 }
+
+/// Drops every record of `peers` from both tables, keeping the governor's
+/// block and allow lists and its threshold. (The governor has no removal of
+/// its own: it is rebuilt without them.)
+pub(crate) fn forget(backoff: &mut BackoffTable, governor: &mut PeerGovernor, peers: &[PeerId]) {
+    let gone: std::collections::HashSet<_> = peers.iter().map(to_engine_peer).collect();
+    for peer in &gone {
+        backoff.record_success(*peer);
+    }
+    let mut kept = PeerGovernor::new().with_failure_threshold(governor.failure_threshold());
+    for peer in governor.blocklist() {
+        kept.block(*peer);
+    }
+    kept.set_allowlist(governor.allowlist().cloned());
+    for (peer, health) in governor.iter_health().filter(|(p, _)| !gone.contains(p)) {
+        kept.restore_health(peer, health);
+    }
+    *governor = kept;
+}
+
+/// [`forget`] in the engine's own tables.
+pub(crate) fn forget_in_engine(engine: &mut Engine, peers: &[PeerId]) {
+    let state = &mut engine.framework.peer_state;
+    forget(&mut state.backoff, &mut state.governor, peers);
+}

@@ -251,6 +251,14 @@ impl Behaviour {
         self.peers.len()
     }
 
+    /// How many peers this behaviour keeps failure state (back-off, failure
+    /// streak) for: at most a thousand; past that the ones recorded longest
+    /// ago are forgotten, and a peer the behaviour forgets (no connection,
+    /// no address) takes its state with it, in the engine's tables too.
+    pub fn peers_with_failure_state(&self) -> usize {
+        self.health.tracked()
+    }
+
     /// Envelopes and bytes sent to and received from other peers so far.
     pub fn wire_stats(&self) -> WireStats {
         *self.inbound.stats()

@@ -6,7 +6,7 @@
 //! its own back-off table and governor, fed with every transport outcome
 //! (the same records go to the engine's tables; see `admission.rs`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bb_runtime::framework::{BackoffTable, PeerGovernor};
@@ -26,6 +26,11 @@ pub(crate) enum Transition {
     Up,
 }
 
+/// Peers with failure state kept; past this the ones recorded longest ago
+/// are forgotten, a quarter at a time (the same as the behaviour's bound on
+/// unconnected peers, so a remote peer cannot grow either without bound).
+pub(crate) const MAX_TRACKED_PEERS: usize = 1000;
+
 pub(crate) struct Health {
     origin: Instant,
     policy: Policy,
@@ -33,6 +38,10 @@ pub(crate) struct Health {
     governor: PeerGovernor,
     /// Peers reported down and not up since.
     down: HashSet<PeerId>,
+    /// Peers with a record in the tables, and when each was last recorded
+    /// (a counter), to forget the stalest first.
+    tracked: HashMap<PeerId, u64>,
+    records: u64,
 }
 
 impl Default for Health {
@@ -43,6 +52,8 @@ impl Default for Health {
             backoff: BackoffTable::new(),
             governor: PeerGovernor::new(),
             down: HashSet::new(),
+            tracked: HashMap::new(),
+            records: 0,
         }
     }
 }
@@ -74,6 +85,7 @@ impl Health {
     /// An attempt to reach `peer` failed. Attempts that fail while it is
     /// cooling down count once (see `admission::failure`).
     pub(crate) fn failed(&mut self, peer: PeerId) -> Option<Transition> {
+        self.track(peer);
         let now_ns = self.now_ns();
         if !admission::failure(&mut self.backoff, &mut self.governor, &peer, now_ns) {
             return None;
@@ -100,6 +112,7 @@ impl Health {
 
     /// `peer` asked for a wait: it answered busy.
     pub(crate) fn busy(&mut self, peer: PeerId, wait: Duration) {
+        self.track(peer);
         let now_ns = self.now_ns();
         admission::advisory(&mut self.backoff, &peer, now_ns, nanos(wait));
     }
@@ -107,6 +120,7 @@ impl Health {
     /// `peer` sent a `BackoffNotice`: a wait, and a failure in its streak,
     /// as the engine records it.
     pub(crate) fn advised(&mut self, peer: PeerId, wait: Duration) -> Option<Transition> {
+        self.track(peer);
         let now_ns = self.now_ns();
         admission::advisory(&mut self.backoff, &peer, now_ns, nanos(wait));
         let engine_peer = to_engine_peer(&peer);
@@ -114,6 +128,49 @@ impl Health {
         (transition == bb_runtime::framework::LifecycleTransition::WentDown)
             .then(|| self.went_down(peer))
             .flatten()
+    }
+
+    /// How many peers have failure state.
+    pub(crate) fn tracked(&self) -> usize {
+        self.tracked.len()
+    }
+
+    /// Drops the records of `peers` (the behaviour forgot them).
+    pub(crate) fn forget(&mut self, peers: &[PeerId]) {
+        let peers: Vec<PeerId> = peers
+            .iter()
+            .filter(|p| self.tracked.remove(p).is_some())
+            .copied()
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        for peer in &peers {
+            self.down.remove(peer);
+        }
+        admission::forget(&mut self.backoff, &mut self.governor, &peers);
+    }
+
+    /// Past [`MAX_TRACKED_PEERS`], the peers recorded longest ago, a quarter
+    /// of the bound at a time, to forget here and in the engine's tables.
+    pub(crate) fn overflow(&mut self) -> Vec<PeerId> {
+        if self.tracked.len() <= MAX_TRACKED_PEERS {
+            return Vec::new();
+        }
+        let mut by_age: Vec<(u64, PeerId)> = self.tracked.iter().map(|(p, n)| (*n, *p)).collect();
+        by_age.sort_unstable();
+        let stale: Vec<PeerId> = by_age
+            .into_iter()
+            .take(self.tracked.len() - MAX_TRACKED_PEERS * 3 / 4)
+            .map(|(_, p)| p)
+            .collect();
+        self.forget(&stale);
+        stale
+    }
+
+    fn track(&mut self, peer: PeerId) {
+        self.records += 1;
+        self.tracked.insert(peer, self.records);
     }
 
     fn went_down(&mut self, peer: PeerId) -> Option<Transition> {

@@ -336,3 +336,59 @@ async fn denied_means_not_sent() {
     );
     assert!(arrived >= acked);
 }
+
+/// Failure state stays bounded however many peers fail: a thousand peers
+/// at most, here and in the engine's tables, and a peer the behaviour
+/// forgets takes its state with it.
+#[tokio::test(flavor = "current_thread")]
+async fn failure_state_is_bounded() {
+    const ROUNDS: usize = 4;
+    const PEERS: usize = 400;
+    let (model, targets) = compile(Ping);
+    let mut a = bb_swarm(&model, &[&targets[0]]);
+    let mut port = 5_000_000_000u64;
+    for _ in 0..ROUNDS {
+        // Peers learned, then found unreachable: addresses nothing listens on.
+        let peers: Vec<libp2p::PeerId> = (0..PEERS).map(|_| libp2p::PeerId::random()).collect();
+        for peer in &peers {
+            port += 1;
+            a.add_peer_address(*peer, format!("/memory/{port}").parse().unwrap());
+        }
+        let target = targets[0].clone();
+        a.behaviour()
+            .handle()
+            .with_node_blocking(move |node| {
+                for peer in peers {
+                    invoke_send(node, &target, peer, b"x");
+                }
+            })
+            .unwrap();
+        let mut failed = 0;
+        until(
+            &mut [&mut a],
+            Duration::from_secs(60),
+            "every failure",
+            |_, e| {
+                match e {
+                    SwarmEvent::Behaviour(Event::SendFailed { .. }) => failed += 1,
+                    SwarmEvent::Behaviour(e @ Event::Engine(_)) => panic!("{e:?}"),
+                    _ => {}
+                }
+                (failed == PEERS).then_some(())
+            },
+        )
+        .await;
+    }
+    let here = a.behaviour().peers_with_failure_state();
+    assert!(here <= 1000, "{here} peers with failure state");
+    assert!(here >= PEERS, "{here}: the last round's state went missing");
+    run_for(&mut [&mut a], Duration::from_millis(100), |_, _| {}).await;
+    let (backoff, governor) = common::on_node(&a, |node| {
+        let state = &node.engine_install_handle().framework.peer_state;
+        (state.backoff.len(), state.governor.tracked_peers())
+    });
+    assert!(
+        backoff <= 1000 && governor <= 1000,
+        "engine: {backoff} back-offs, {governor} health records"
+    );
+}

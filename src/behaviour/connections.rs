@@ -14,9 +14,29 @@ use crate::engine::message::ToEngine;
 use crate::event::{Event, PeerDenied};
 
 impl Behaviour {
+    /// Carries the book's changes to the engine. A peer released (no
+    /// connection, no address left) takes its failure state with it: it
+    /// cannot be dialled for the Node's envelopes any more.
     pub(super) fn tell_book(&mut self, changes: BookChanges) {
+        let mut released = Vec::new();
         for (peer, hold) in changes.0 {
             self.engine.tell(ToEngine::Book(peer, hold));
+            if !hold {
+                released.push(peer);
+            }
+        }
+        if !released.is_empty() {
+            self.health.forget(&released);
+            self.engine.tell(ToEngine::ForgetHealth(released));
+        }
+    }
+
+    /// Keeps the peers with failure state within their bound, here and in
+    /// the engine's tables.
+    pub(super) fn bound_health(&mut self) {
+        let stale = self.health.overflow();
+        if !stale.is_empty() {
+            self.engine.tell(ToEngine::ForgetHealth(stale));
         }
     }
 

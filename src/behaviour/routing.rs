@@ -113,6 +113,7 @@ impl Behaviour {
             } => self.fail(peer, wire_req_id, reason),
             Outcome::Busy { peer, retry_in } => {
                 self.health.busy(peer, retry_in);
+                self.bound_health();
                 let wait_ns = u64::try_from(retry_in.as_nanos()).unwrap_or(u64::MAX);
                 self.engine
                     .tell(ToEngine::Health(peer, HealthRecord::Advisory { wait_ns }));
@@ -141,6 +142,7 @@ impl Behaviour {
             self.engine
                 .tell(ToEngine::Health(peer, HealthRecord::Failure));
             self.report_transition(peer, transition);
+            self.bound_health();
         }
         // An envelope without a request has nothing for the engine to end.
         if let Some(wire_req_id) = wire_req_id {
@@ -255,6 +257,7 @@ impl Behaviour {
             return Ok(());
         };
         let transition = self.health.advised(peer, advice.retry_in);
+        self.bound_health();
         self.report_transition(peer, transition);
         self.report(Event::BackoffAdvised {
             peer,

@@ -313,6 +313,7 @@ impl Host {
             ToEngine::Health(peer, HealthRecord::Advisory { wait_ns }) => {
                 admission::record_advisory(engine, &peer, wait_ns);
             }
+            ToEngine::ForgetHealth(peers) => admission::forget_in_engine(engine, &peers),
             ToEngine::Acknowledged { wire_req_id } => {
                 wire_requests::settle(engine, wire_req_id);
             }

@@ -24,6 +24,9 @@ pub(crate) enum ToEngine {
     Health(PeerId, HealthRecord),
     /// The peer's engine took the envelope of request `wire_req_id`.
     Acknowledged { wire_req_id: u64 },
+    /// The swarm's side forgot these peers' failure state: forget it in the
+    /// engine's tables too.
+    ForgetHealth(Vec<PeerId>),
     /// An envelope the engine sent will not be delivered.
     SendFailed {
         wire_req_id: u64,
