@@ -224,6 +224,11 @@ impl PeerBook {
             .map(|(p, _)| *p)
     }
 
+    /// Established connections with `peer`.
+    pub(crate) fn connections(&self, peer: &PeerId) -> usize {
+        self.peers.get(peer).map_or(0, |k| k.connections)
+    }
+
     /// Peers this side holds an engine reference for.
     pub(crate) fn len(&self) -> usize {
         self.peers.values().filter(|k| k.held).count()

@@ -7,7 +7,7 @@
 mod connections;
 mod routing;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::error::Error;
 use std::future::Future;
 use std::sync::Arc;
@@ -19,10 +19,11 @@ use bb_runtime::node::Node;
 use bb_runtime::snapshot::NodeSnapshot;
 use futures::channel::oneshot;
 use libp2p::core::transport::PortUse;
-use libp2p::core::Endpoint;
+use libp2p::core::{ConnectedPoint, Endpoint};
 use libp2p::peer_store::memory_store;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{
+    behaviour::{DialFailure, ListenFailure},
     ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NewExternalAddrOfPeer, THandler,
     THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
@@ -103,6 +104,9 @@ pub struct Behaviour {
     peers: PeerBook,
     /// Denied peers whose connections the swarm has been asked to close.
     disconnecting: HashSet<PeerId>,
+    /// Connections handed to the inner behaviour and not yet reported
+    /// established: one another behaviour then refuses never exists.
+    establishing: HashMap<ConnectionId, (PeerId, ConnectedPoint)>,
     /// Events and requests for the swarm.
     pending: VecDeque<ToSwarm<Event, THandlerInEvent<Self>>>,
 }
@@ -198,6 +202,7 @@ impl Behaviour {
             health: Health::default(),
             peers: PeerBook::default(),
             disconnecting: HashSet::new(),
+            establishing: HashMap::new(),
             pending: VecDeque::new(),
         }
     }
@@ -364,12 +369,18 @@ impl NetworkBehaviour for Behaviour {
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
         self.admit(peer, connection_id, Endpoint::Listener)?;
-        self.inner.handle_established_inbound_connection(
+        let handler = self.inner.handle_established_inbound_connection(
             connection_id,
             peer,
             local_addr,
             remote_addr,
-        )
+        )?;
+        let endpoint = ConnectedPoint::Listener {
+            local_addr: local_addr.clone(),
+            send_back_addr: remote_addr.clone(),
+        };
+        self.establishing.insert(connection_id, (peer, endpoint));
+        Ok(handler)
     }
 
     fn handle_pending_outbound_connection(
@@ -408,13 +419,20 @@ impl NetworkBehaviour for Behaviour {
     ) -> Result<THandler<Self>, ConnectionDenied> {
         // A dial by address alone learns the peer only here.
         self.admit(peer, connection_id, Endpoint::Dialer)?;
-        self.inner.handle_established_outbound_connection(
+        let handler = self.inner.handle_established_outbound_connection(
             connection_id,
             peer,
             addr,
             role_override,
             port_use,
-        )
+        )?;
+        let endpoint = ConnectedPoint::Dialer {
+            address: addr.clone(),
+            role_override,
+            port_use,
+        };
+        self.establishing.insert(connection_id, (peer, endpoint));
+        Ok(handler)
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
@@ -427,6 +445,11 @@ impl NetworkBehaviour for Behaviour {
             // loop back to every behaviour).
             FromSwarm::NewExternalAddrOfPeer(NewExternalAddrOfPeer { peer_id, addr }) => {
                 self.learn(*peer_id, addr)
+            }
+            FromSwarm::DialFailure(DialFailure { connection_id, .. })
+            | FromSwarm::ListenFailure(ListenFailure { connection_id, .. }) => {
+                self.inner.on_swarm_event(event);
+                return self.on_connection_refused(*connection_id);
             }
             _ => {}
         }

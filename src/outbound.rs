@@ -36,6 +36,10 @@ const MAX_BUSY_ANSWERS: u32 = 5;
 /// about the time a full engine ingress takes to drain.
 const BUSY_WAIT: Duration = Duration::from_millis(10);
 
+/// How long past the request timeout an envelope may stay in flight with
+/// no word from the inner behaviour before the watchdog ends it.
+const WATCHDOG_GRACE: Duration = Duration::from_secs(2);
+
 /// How an envelope's journey ended, or paused.
 #[derive(Debug)]
 pub(crate) enum Outcome {
@@ -92,6 +96,12 @@ pub(crate) struct Outbound {
     deadline_bound: Duration,
     /// Whether the budget counts at all ([`Config::with_wire_deadlines`]).
     wire_deadlines: bool,
+    /// Every request ends with an answer or a failure from request-response
+    /// within its timeout; one that does not (composed behaviours can
+    /// strand it, libp2p/rust-libp2p#4870) is ended by this watchdog, so no
+    /// envelope stays without an outcome.
+    watchdog: Option<Delay>,
+    request_timeout: Duration,
     outcomes: VecDeque<Outcome>,
 }
 
@@ -115,6 +125,8 @@ impl Outbound {
                 Duration::ZERO
             },
             wire_deadlines: config.wire_deadlines(),
+            watchdog: None,
+            request_timeout: config.request_timeout(),
             outcomes: VecDeque::new(),
         }
     }
@@ -227,6 +239,7 @@ impl Outbound {
             return Poll::Ready(outcome);
         }
         self.expire_deadlines(cx);
+        self.watch(cx);
         let released = self.release(cx, link);
         match self.outcomes.pop_front() {
             Some(outcome) => Poll::Ready(outcome),
@@ -337,6 +350,39 @@ impl Outbound {
                 self.deadline_timer = None;
             }
             self.deadlines.push(Reverse((at, request_id, budget)));
+        }
+    }
+
+    /// Ends requests that outlived their timeout with no word from the inner
+    /// behaviour, as timeouts; arms the next look while any are in flight.
+    fn watch(&mut self, cx: &mut Context<'_>) {
+        let limit = self.request_timeout + WATCHDOG_GRACE;
+        if let Some(timer) = self.watchdog.as_mut() {
+            if timer.poll_unpin(cx).is_pending() {
+                return;
+            }
+            self.watchdog = None;
+            let stranded: Vec<OutboundRequestId> = self
+                .in_flight
+                .iter()
+                .filter(|(_, o)| o.since.elapsed() > limit)
+                .map(|(id, _)| *id)
+                .collect();
+            for request_id in stranded {
+                if let Some(outgoing) = self.settle(&request_id) {
+                    tracing::warn!(peer = %outgoing.peer, "request stranded past its timeout; ended");
+                    self.outcomes.push_back(Outcome::Failed {
+                        peer: Some(outgoing.peer),
+                        wire_req_id: outgoing.wire_req_id,
+                        reason: SendFailure::Timeout,
+                    });
+                }
+            }
+        }
+        if !self.in_flight.is_empty() {
+            let mut timer = Delay::new(limit / 2);
+            let _ = timer.poll_unpin(cx);
+            self.watchdog = Some(timer);
         }
     }
 

@@ -392,3 +392,85 @@ async fn failure_state_is_bounded() {
         "engine: {backoff} back-offs, {governor} health records"
     );
 }
+
+#[derive(libp2p::swarm::NetworkBehaviour)]
+#[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+struct LimitsAfter {
+    bb: Behaviour,
+    limits: libp2p::connection_limits::Behaviour,
+}
+
+/// Composed with `connection_limits` declared after it, and two peers
+/// dialling each other at once: the limits refuse the second connection
+/// after request-response took it (rust-libp2p#4870). No envelope is routed
+/// to that connection that never was: all arrive.
+#[tokio::test(flavor = "current_thread")]
+async fn connection_limits_after_the_behaviour_lose_nothing() {
+    let (model, targets) = compile(Ping);
+    let limited = |key: &Keypair, target: &str| {
+        let bb = common::models::bb_behaviour(key, &model, &[target], Config::default());
+        let limits = libp2p::connection_limits::Behaviour::new(
+            libp2p::connection_limits::ConnectionLimits::default()
+                .with_max_established_per_peer(Some(1)),
+        );
+        memory_swarm(key.clone(), LimitsAfter { bb, limits })
+    };
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let mut a = limited(&ka, &targets[0]);
+    let mut b = limited(&kb, &targets[1]);
+    let (addr_a, addr_b) = (common::listen(&mut a).await, common::listen(&mut b).await);
+    // Both dial at once.
+    a.dial(addr_b).unwrap();
+    b.dial(addr_a).unwrap();
+    let mut refused = 0;
+    run_for(&mut [&mut a, &mut b], Duration::from_millis(300), |_, e| {
+        if matches!(
+            e,
+            SwarmEvent::IncomingConnectionError { .. } | SwarmEvent::OutgoingConnectionError { .. }
+        ) {
+            refused += 1;
+        }
+    })
+    .await;
+    assert!(a.is_connected(b.local_peer_id()));
+    let pb = *b.local_peer_id();
+    let target = targets[0].clone();
+    let sent: Vec<Vec<u8>> = a
+        .behaviour()
+        .bb
+        .handle()
+        .with_node_blocking(move |node| {
+            (0..20u8)
+                .map(|n| invoke_send(node, &target, pb, &[n]))
+                .collect()
+        })
+        .unwrap();
+    let (mut acked, mut got) = (0, Vec::new());
+    until(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(15),
+        "20 deliveries",
+        |i, e| {
+            match e {
+                SwarmEvent::Behaviour(LimitsAfterEvent::Bb(Event::EnvelopeAcknowledged {
+                    ..
+                })) => acked += 1,
+                SwarmEvent::Behaviour(LimitsAfterEvent::Bb(Event::AppEvent {
+                    value_bytes,
+                    ..
+                })) if i == 1 => got.push(value_bytes),
+                SwarmEvent::Behaviour(LimitsAfterEvent::Bb(Event::SendFailed {
+                    reason, ..
+                })) => {
+                    panic!("failed: {reason} ({refused} connections refused)")
+                }
+                _ => {}
+            }
+            (acked == 20 && got.len() == 20).then_some(())
+        },
+    )
+    .await;
+    got.sort();
+    assert_eq!(got, sent);
+    println!("{refused} connections refused by the limits");
+}

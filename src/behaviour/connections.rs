@@ -4,7 +4,7 @@
 use libp2p::core::Endpoint;
 use libp2p::swarm::{
     behaviour::ConnectionEstablished, CloseConnection, ConnectionClosed, ConnectionDenied,
-    ConnectionId, ToSwarm,
+    ConnectionId, FromSwarm, NetworkBehaviour, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId};
 
@@ -52,6 +52,7 @@ impl Behaviour {
     }
 
     pub(super) fn on_connection_established(&mut self, established: &ConnectionEstablished) {
+        self.establishing.remove(&established.connection_id);
         let peer = established.peer_id;
         let dialed = established
             .endpoint
@@ -64,6 +65,27 @@ impl Behaviour {
         // again. (A connection is no answer: a peer that accepts and drops it
         // keeps its failure streak; only an acknowledgement clears that.)
         self.disconnecting.remove(&peer);
+    }
+
+    /// Another behaviour refused a connection after the inner behaviour had
+    /// taken it (libp2p/rust-libp2p#4870: `connection_limits` declared
+    /// after this behaviour does). Request-response would route requests to
+    /// that connection for ever, with no event; it is told the connection
+    /// closed, so its requests fail and go again over a real one.
+    pub(super) fn on_connection_refused(&mut self, connection_id: ConnectionId) {
+        let Some((peer_id, endpoint)) = self.establishing.remove(&connection_id) else {
+            return;
+        };
+        tracing::debug!(%peer_id, ?connection_id, "another behaviour refused a connection");
+        let remaining_established = self.peers.connections(&peer_id);
+        self.inner
+            .on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
+                peer_id,
+                connection_id,
+                endpoint: &endpoint,
+                cause: None,
+                remaining_established,
+            }));
     }
 
     pub(super) fn on_connection_closed(&mut self, closed: &ConnectionClosed) {
