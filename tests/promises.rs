@@ -474,3 +474,71 @@ async fn connection_limits_after_the_behaviour_lose_nothing() {
     assert_eq!(got, sent);
     println!("{refused} connections refused by the limits");
 }
+
+/// A fan-in of 200 senders × 20 values to one receiver, with the default
+/// Config: queueing slows them down, nothing fails, each value arrives once.
+#[tokio::test(flavor = "current_thread")]
+async fn a_fan_in_of_two_hundred_senders_delivers_everything() {
+    const SENDERS: usize = 200;
+    const VALUES: u32 = 20;
+    let (model, targets) = compile(Ping);
+    let pool = bb_libp2p::EnginePool::new(2).unwrap();
+    let mut receiver = bb_swarm(&model, &[&targets[1]]);
+    let addr = common::listen(&mut receiver).await;
+    let pr = *receiver.local_peer_id();
+    let mut senders: Vec<Swarm<Behaviour>> = (0..SENDERS)
+        .map(|_| {
+            let key = Keypair::generate_ed25519();
+            let (k, m, t) = (key.clone(), model.clone(), targets[0].clone());
+            let bb = Behaviour::with_pool(
+                &pool,
+                move || Ok::<_, std::convert::Infallible>(install(&k, &m, &[&t])),
+                Config::default(),
+            )
+            .unwrap();
+            let mut swarm = memory_swarm(key, bb);
+            swarm.add_peer_address(pr, addr.clone());
+            swarm
+        })
+        .collect();
+    for (s, sender) in senders.iter().enumerate() {
+        let target = targets[0].clone();
+        sender
+            .behaviour()
+            .handle()
+            .with_node_blocking(move |node| {
+                for n in 0..VALUES {
+                    invoke_send(
+                        node,
+                        &target,
+                        pr,
+                        &[s as u32, n].map(u32::to_le_bytes).concat(),
+                    );
+                }
+            })
+            .unwrap();
+    }
+    let (mut acked, mut got) = (0, std::collections::HashSet::new());
+    let mut swarms: Vec<&mut Swarm<Behaviour>> = senders.iter_mut().collect();
+    swarms.push(&mut receiver);
+    let total = SENDERS * VALUES as usize;
+    until(
+        &mut swarms,
+        Duration::from_secs(120),
+        "every value",
+        |i, e| {
+            match e {
+                SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. }) => acked += 1,
+                SwarmEvent::Behaviour(Event::AppEvent { value_bytes, .. }) if i == SENDERS => {
+                    assert!(got.insert(value_bytes), "a value arrived twice");
+                }
+                SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
+                    panic!("failed: {reason}")
+                }
+                _ => {}
+            }
+            (acked == total && got.len() == total).then_some(())
+        },
+    )
+    .await;
+}
