@@ -224,6 +224,19 @@ impl Host {
         &mut self,
         unacknowledged: Vec<WireEnvelope>,
     ) -> Result<NodeSnapshot, SnapshotFailed> {
+        // The engine refuses to snapshot with events still on its bus
+        // (`BusNotDrained`): run its cycles first, as a wake-up would.
+        let waker = std::task::Waker::noop();
+        for _ in 0..CYCLES_PER_WAKE {
+            let bus = self.node.engine_install_handle().bus.len();
+            if bus == 0 && self.node.ingress_handle().is_empty() {
+                break;
+            }
+            if let Poll::Ready(steps) = self.node.poll(&mut Context::from_waker(waker)) {
+                self.clock_dirty = true;
+                steps.into_iter().for_each(|s| self.on_step(s));
+            }
+        }
         // The engine's queue drops its oldest past its cap, without a word
         // to the snapshot: refuse rather than carry fewer than were held.
         let cap = self.node.config().max_outbound_queue;
