@@ -331,7 +331,10 @@ impl Behaviour {
     pub fn snapshot(
         &self,
     ) -> impl Future<Output = Result<NodeSnapshot, SnapshotFailed>> + Send + 'static {
-        let unacknowledged: Vec<WireEnvelope> = self.outbound.unacknowledged().cloned().collect();
+        // Those the swarm has not taken from the engine yet count too.
+        let mut unacknowledged: Vec<WireEnvelope> =
+            self.outbound.unacknowledged().cloned().collect();
+        unacknowledged.extend(self.engine.waiting_envelopes());
         let jobs = self.handle.jobs.clone();
         async move {
             let (tx, rx) = oneshot::channel();

@@ -151,6 +151,11 @@ impl<T> LaneRx<T> {
         Poll::Ready(Ok(()))
     }
 
+    /// Calls `f` on each waiting item, oldest first, leaving them there.
+    pub(crate) fn inspect(&self, f: impl FnMut(&T)) {
+        self.0.lock().queue.iter().for_each(f);
+    }
+
     /// How many items wait.
     pub(crate) fn len(&self) -> usize {
         self.0.lock().queue.len()

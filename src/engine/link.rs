@@ -3,6 +3,8 @@
 use std::collections::VecDeque;
 use std::task::{Context, Poll};
 
+use bb_runtime::envelope::WireEnvelope;
+
 use super::lane::{Closed, LaneRx, LaneTx};
 use super::message::{FromEngine, ToEngine};
 
@@ -69,6 +71,20 @@ impl EngineLink {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    /// The envelopes the engine handed over that the swarm has not taken
+    /// yet, oldest first.
+    pub(crate) fn waiting_envelopes(&self) -> Vec<WireEnvelope> {
+        let mut envelopes = Vec::new();
+        let mut take = |step: &FromEngine| {
+            if let FromEngine::Send(envelope) = step {
+                envelopes.push(envelope.clone());
+            }
+        };
+        self.received.iter().for_each(&mut take);
+        self.steps.inspect(take);
+        envelopes
     }
 
     /// Steps waiting on the lane and here.
