@@ -342,14 +342,7 @@ async fn a_flood_into_a_busy_engine_loses_nothing() {
     connect(&mut a, &mut b).await;
     let (a_node, pb) = (a.behaviour().handle(), *b.local_peer_id());
     let held = hold_engine(&b.behaviour().handle());
-    let target = targets[0].clone();
-    let sent: Vec<Vec<u8>> = a_node
-        .with_node_blocking(move |node| {
-            (0..N)
-                .map(|n| common::models::invoke_send(node, &target, pb, &n.to_le_bytes()))
-                .collect()
-        })
-        .unwrap();
+    let sent = common::models::send_values(&a_node, &targets[0], pb, common::models::numbered(N));
     let (mut acked, mut busy, mut arrived) = (0, 0, Vec::new());
     // Until B's full ingress has answered busy.
     until(
@@ -482,15 +475,8 @@ async fn dropping_a_swarm_mid_transfer_stops_its_engine() {
     connect(&mut a, &mut b).await;
     let (b_node, pb) = (b.behaviour().handle(), *b.local_peer_id());
     assert_eq!(threads_named("bbt-drop"), 1);
-    let target = targets[0].clone();
-    a.behaviour()
-        .handle()
-        .with_node_blocking(move |node| {
-            for n in 0..200u32 {
-                common::models::invoke_send(node, &target, pb, &n.to_le_bytes());
-            }
-        })
-        .unwrap();
+    let payloads = common::models::numbered(200);
+    common::models::send_values(&a.behaviour().handle(), &targets[0], pb, payloads);
     // Until the transfer is under way.
     let mut outcomes = 0;
     until(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bb_libp2p::{Behaviour, Config, EngineStep, Event, RejectKind, Rejection, SendFailure};
 use bb_runtime::node::NodeConfig;
-use common::models::{bb_swarm, compile, install, invoke_send, Ping};
+use common::models::{bb_swarm, compile, install, invoke_send, numbered, send_values, Ping};
 use common::{connect, hold_engine, memory_swarm, run_for, until};
 use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
@@ -50,15 +50,8 @@ async fn a_value_past_the_byte_budget_is_refused_not_acknowledged() {
     let mut b = receiver_with_budget(100 * 1024);
     connect(&mut a, &mut b).await;
     let pb = *b.local_peer_id();
-    let target = targets[0].clone();
-    a.behaviour()
-        .handle()
-        .with_node_blocking(move |node| {
-            for n in 0..5u8 {
-                invoke_send(node, &target, pb, &vec![n; 200 * 1024]);
-            }
-        })
-        .unwrap();
+    let payloads = (0..5u8).map(|n| vec![n; 200 * 1024]).collect();
+    send_values(&a.behaviour().handle(), &targets[0], pb, payloads);
     let mut refused = 0;
     until(
         &mut [&mut a, &mut b],
@@ -163,15 +156,7 @@ async fn queued_envelopes_respect_the_back_off() {
     // A peer whose address nothing listens on.
     let dest = libp2p::PeerId::random();
     a.add_peer_address(dest, "/memory/4242424242".parse().unwrap());
-    let target = targets[0].clone();
-    a.behaviour()
-        .handle()
-        .with_node_blocking(move |node| {
-            for n in 0..200u32 {
-                invoke_send(node, &target, dest, &n.to_le_bytes());
-            }
-        })
-        .unwrap();
+    send_values(&a.behaviour().handle(), &targets[0], dest, numbered(200));
     let (mut dial_failures, mut backoffs, mut dials) = (0, 0, 0);
     until(
         &mut [&mut a],
@@ -297,15 +282,7 @@ async fn denied_means_not_sent() {
     let mut b = bb_swarm(&model, &[&targets[1]]);
     connect(&mut a, &mut b).await;
     let pb = *b.local_peer_id();
-    let target = targets[0].clone();
-    a.behaviour()
-        .handle()
-        .with_node_blocking(move |node| {
-            for n in 0..200u32 {
-                invoke_send(node, &target, pb, &n.to_le_bytes());
-            }
-        })
-        .unwrap();
+    send_values(&a.behaviour().handle(), &targets[0], pb, numbered(200));
     // Let some go out and arrive, then block B from A.
     let (mut acked, mut arrived, mut denied, mut maybe) = (0, 0, 0, 0);
     let mut count = |i: usize, e: SwarmEvent<Event>| match e {

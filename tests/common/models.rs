@@ -183,3 +183,28 @@ pub fn peers_value(peers: &[libp2p::PeerId]) -> Vec<u8> {
     let peers = peers.iter().map(bb_libp2p::to_engine_peer).collect();
     bincode::serialize(&PeerIdVecValue(peers)).unwrap()
 }
+
+/// Invokes a sending `target` once per payload on the Node behind
+/// `handle`, all in one call on its engine thread; returns the encoded
+/// values the receiver sees, in order.
+pub fn send_values(
+    handle: &bb_libp2p::NodeHandle,
+    target: &str,
+    dest: libp2p::PeerId,
+    payloads: Vec<Vec<u8>>,
+) -> Vec<Vec<u8>> {
+    let target = target.to_string();
+    handle
+        .with_node_blocking(move |node| {
+            payloads
+                .iter()
+                .map(|p| invoke_send(node, &target, dest, p))
+                .collect()
+        })
+        .expect("the Node runs")
+}
+
+/// `n` distinct little-endian `u32` payloads, 0 to n - 1.
+pub fn numbered(n: u32) -> Vec<Vec<u8>> {
+    (0..n).map(|i| i.to_le_bytes().to_vec()).collect()
+}
