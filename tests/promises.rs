@@ -157,6 +157,16 @@ async fn queued_envelopes_respect_the_back_off() {
     let dest = libp2p::PeerId::random();
     a.add_peer_address(dest, "/memory/4242424242".parse().unwrap());
     send_values(&a.behaviour().handle(), &targets[0], dest, numbered(200));
+    // All 200 wait for the swarm before it runs, so they meet the first
+    // dial's failure together, however slow the machine.
+    let handed = std::time::Instant::now();
+    while a.behaviour().engine_backlog() < 200 {
+        assert!(
+            handed.elapsed() < Duration::from_secs(10),
+            "the engine handed over too few"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let (mut dial_failures, mut backoffs, mut dials) = (0, 0, 0);
     until(
         &mut [&mut a],
