@@ -138,8 +138,14 @@ impl Federated {
     }
 }
 
+/// The two federations run one after the other: each keeps five engines
+/// busy, and under that load a client's round-1 update can go missing (seen
+/// on 0.2.0 as on this version; see the README's engine notes).
+static ONE_FEDERATION: futures::lock::Mutex<()> = futures::lock::Mutex::new(());
+
 #[tokio::test(flavor = "current_thread")]
 async fn federated_averaging_learns_over_libp2p() {
+    let _one = ONE_FEDERATION.lock().await;
     const ROUNDS: u64 = 5;
     let started = Instant::now();
     let mut federated = Federated::join().await;
@@ -189,10 +195,11 @@ async fn federated_averaging_learns_over_libp2p() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn rounds_go_on_without_dropped_and_silent_clients() {
+    let _one = ONE_FEDERATION.lock().await;
     let mut federated = Federated::join().await;
     let clients = federated.clients.clone();
     let report = federated.round(1, Duration::from_secs(20), &[]).await;
-    assert_eq!(report.updates.len(), CLIENTS);
+    assert_eq!(report.updates.len(), CLIENTS, "{report:?}");
 
     // A client's swarm is dropped. Once the coordinator has seen its
     // connection close, the parameters cannot reach it, and the round

@@ -46,12 +46,13 @@ impl EngineLink {
 
     /// The engine's next step. Hands on held control messages first.
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<FromEngine> {
-        if !self.waiting.is_empty() {
+        // Until they are all handed on, or the lane is full and this task is
+        // registered to be woken when the engine makes room.
+        while !self.waiting.is_empty() {
             if self.control.push_from(&mut self.waiting).is_err() {
                 self.waiting.clear();
-            } else if !self.waiting.is_empty() {
-                // Woken when the engine drains the lane.
-                let _ = self.control.poll_room(cx);
+            } else if self.waiting.is_empty() || self.control.poll_room(cx).is_pending() {
+                break;
             }
         }
         if let Some(step) = self.received.pop_front() {
