@@ -508,6 +508,13 @@ impl NetworkBehaviour for Behaviour {
     }
 }
 
+impl Drop for Behaviour {
+    fn drop(&mut self) {
+        // Nothing will end any more: wake whoever waits for outcomes.
+        self.handle.stats.delivery.close();
+    }
+}
+
 /// The behaviour, and so any swarm holding it, can be spawned on any
 /// executor; the handle can go to any task or thread.
 const _: () = {

@@ -104,6 +104,7 @@ impl Behaviour {
                 if let Some(wire_req_id) = wire_req_id {
                     self.engine.tell(ToEngine::Acknowledged { wire_req_id });
                 }
+                self.handle.stats.delivery.ended();
                 self.report(Event::EnvelopeAcknowledged { peer, wire_req_id });
             }
             Outcome::Failed {
@@ -153,6 +154,7 @@ impl Behaviour {
                 detail: reason.to_string(),
             });
         }
+        self.handle.stats.delivery.ended();
         self.report(Event::SendFailed {
             peer,
             wire_req_id,

@@ -113,6 +113,26 @@ impl NodeHandle {
         Ok(AppEvents { rx })
     }
 
+    /// Resolves once every envelope the Node has sent so far has its
+    /// outcome ([`crate::Event::EnvelopeAcknowledged`] or
+    /// [`crate::Event::SendFailed`]), work already given to it included: an
+    /// invoke that returned before this call counts. `Err` if the behaviour
+    /// is dropped first. The swarm must be polled meanwhile: it is what
+    /// carries the envelopes.
+    pub async fn delivered(&self) -> Result<(), EngineStopped> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |host| {
+            let _ = tx.send(host.handed_after_idle());
+        });
+        send_job(&self.jobs, job).await.map_err(|_| EngineStopped)?;
+        let target = rx.await.map_err(|_| EngineStopped)?;
+        let stats = Arc::clone(&self.stats);
+        match futures::future::poll_fn(|cx| stats.delivery.poll_reached(target, cx)).await {
+            true => Ok(()),
+            false => Err(EngineStopped),
+        }
+    }
+
     /// Times the Node's task on its engine thread has been woken: with
     /// nothing to do it should stay still.
     pub fn engine_wakeups(&self) -> u64 {

@@ -31,6 +31,7 @@ use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 use libp2p::PeerId;
 
+use super::delivery::Delivery;
 use super::lane::{Closed, LaneRx, LaneTx};
 use super::message::{FromEngine, HealthRecord, Policy, ToEngine};
 use crate::address_book::EngineBook;
@@ -70,6 +71,8 @@ pub(crate) struct HostStats {
     /// The engine's ingress byte budget in use, as the swarm's side needs
     /// it to answer busy before the engine would drop a value.
     pub(crate) ingress_bytes: IngressBytes,
+    /// Envelopes handed to the swarm and their outcomes.
+    pub(crate) delivery: Delivery,
 }
 
 /// The bytes of values the engine holds against its ingress byte budget
@@ -225,18 +228,8 @@ impl Host {
         unacknowledged: Vec<WireEnvelope>,
     ) -> Result<NodeSnapshot, SnapshotFailed> {
         // The engine refuses to snapshot with events still on its bus
-        // (`BusNotDrained`): run its cycles first, as a wake-up would.
-        let waker = std::task::Waker::noop();
-        for _ in 0..CYCLES_PER_WAKE {
-            let bus = self.node.engine_install_handle().bus.len();
-            if bus == 0 && self.node.ingress_handle().is_empty() {
-                break;
-            }
-            if let Poll::Ready(steps) = self.node.poll(&mut Context::from_waker(waker)) {
-                self.clock_dirty = true;
-                steps.into_iter().for_each(|s| self.on_step(s));
-            }
-        }
+        // (`BusNotDrained`).
+        self.run_until_idle();
         // The engine's queue drops its oldest past its cap, without a word
         // to the snapshot: refuse rather than carry fewer than were held.
         let cap = self.node.config().max_outbound_queue;
@@ -256,6 +249,29 @@ impl Host {
             queue.push(envelope);
         }
         snapshot
+    }
+
+    /// Runs engine cycles, as a wake-up would, until its ingress and its
+    /// bus are empty (a bounded number).
+    pub(crate) fn run_until_idle(&mut self) {
+        let waker = std::task::Waker::noop();
+        for _ in 0..CYCLES_PER_WAKE {
+            let bus = self.node.engine_install_handle().bus.len();
+            if bus == 0 && self.node.ingress_handle().is_empty() {
+                break;
+            }
+            if let Poll::Ready(steps) = self.node.poll(&mut Context::from_waker(waker)) {
+                self.clock_dirty = true;
+                steps.into_iter().for_each(|s| self.on_step(s));
+            }
+        }
+    }
+
+    /// Envelopes handed over so far, once the work already given to the
+    /// engine has run.
+    pub(crate) fn handed_after_idle(&mut self) -> u64 {
+        self.run_until_idle();
+        self.links.stats.delivery.handed()
     }
 
     /// Reports the governor's lists to the swarm when they changed.
@@ -285,6 +301,7 @@ impl Host {
                     wire_requests::hand_over(engine, c.wire_req_id);
                     self.clock.track_wire_request(engine, c.wire_req_id);
                 }
+                self.links.stats.delivery.handed_over();
                 self.pending.push_back(FromEngine::Send(envelope));
             }
             EngineStep::OpCompleted { .. } | EngineStep::AsyncSuspended { .. }
