@@ -97,6 +97,10 @@ impl Health {
     /// peer's record (it had failures or a wait), so the engine's copy needs
     /// the news; the common case changes nothing.
     pub(crate) fn answered(&mut self, peer: PeerId) -> (bool, Option<Transition>) {
+        // Every peer with a record is tracked: the common case is a lookup.
+        if !self.tracked.contains_key(&peer) {
+            return (false, None);
+        }
         let engine_peer = to_engine_peer(&peer);
         let recorded = self.backoff.state(engine_peer).is_some()
             || self

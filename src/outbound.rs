@@ -69,6 +69,28 @@ pub(crate) struct Link<'a> {
     pub(crate) stats: &'a mut WireStats,
 }
 
+impl Link<'_> {
+    /// Why an envelope to `peer` may not go at all now: the peer is denied,
+    /// or it is not connected and its back-off has not passed (it is not
+    /// dialled again before then).
+    fn refusal(&self, peer: &PeerId) -> Option<SendFailure> {
+        if let Some(denial) = self.health.denial(peer) {
+            return Some(SendFailure::Denied(denial));
+        }
+        if self.peers.is_connected(peer) {
+            return None;
+        }
+        let retry_in = self.health.cooldown(peer)?;
+        Some(SendFailure::Backoff { retry_in })
+    }
+
+    /// Whether envelopes to `peer` wait: it is connected but asked this
+    /// Node to wait (it answered busy, or failed).
+    fn waits(&self, peer: &PeerId) -> bool {
+        self.peers.is_connected(peer) && self.health.cooldown(peer).is_some()
+    }
+}
+
 pub(crate) struct Outbound {
     /// Envelopes awaiting their acknowledgement, kept for a retry when the
     /// peer is busy and for a snapshot.
@@ -157,15 +179,8 @@ impl Outbound {
             wire_req_id,
             reason,
         };
-        if let Some(denial) = link.health.denial(&peer) {
-            return self.outcomes.push_back(fail(SendFailure::Denied(denial)));
-        }
-        if !link.peers.is_connected(&peer) {
-            if let Some(retry_in) = link.health.cooldown(&peer) {
-                return self
-                    .outcomes
-                    .push_back(fail(SendFailure::Backoff { retry_in }));
-            }
+        if let Some(refusal) = link.refusal(&peer) {
+            return self.outcomes.push_back(fail(refusal));
         }
         let size = envelope.encoded_len();
         if size > self.max_envelope_bytes {
@@ -181,8 +196,10 @@ impl Outbound {
             busy_answers: 0,
             since: Instant::now(),
         };
-        let waiting = link.peers.is_connected(&peer) && link.health.cooldown(&peer).is_some();
-        if self.in_flight.len() < self.max_in_flight && self.peer_room(&peer) > 0 && !waiting {
+        if self.in_flight.len() < self.max_in_flight
+            && self.peer_room(&peer) > 0
+            && !link.waits(&peer)
+        {
             self.transmit(link, outgoing);
         } else {
             self.queue(outgoing, false);
@@ -302,18 +319,9 @@ impl Outbound {
             wire_req_id: outgoing.wire_req_id,
             reason,
         };
-        // Denied while it waited in the queue.
-        if let Some(denial) = link.health.denial(&outgoing.peer) {
-            return self.outcomes.push_back(fail(SendFailure::Denied(denial)));
-        }
-        // Its peer failed while it waited: not dialled again before the
-        // back-off passes, as a new send would not be.
-        if !link.peers.is_connected(&outgoing.peer) {
-            if let Some(retry_in) = link.health.cooldown(&outgoing.peer) {
-                return self
-                    .outcomes
-                    .push_back(fail(SendFailure::Backoff { retry_in }));
-            }
+        // Its peer was denied, or failed, while it waited in the queue.
+        if let Some(refusal) = link.refusal(&outgoing.peer) {
+            return self.outcomes.push_back(fail(refusal));
         }
         let waited = outgoing.since.elapsed().as_nanos() as u64;
         let remaining = outgoing.envelope.remaining_deadline_ns;
@@ -442,9 +450,7 @@ impl Outbound {
             let mut taking: HashMap<PeerId, usize> = HashMap::new();
             let (per_peer, cap) = (&self.per_peer, self.max_per_peer);
             let ready = self.outbox.take_ready(room, |p| {
-                let waiting = *waits.entry(*p).or_insert_with(|| {
-                    link.peers.is_connected(p) && link.health.cooldown(p).is_some()
-                });
+                let waiting = *waits.entry(*p).or_insert_with(|| link.waits(p));
                 let n = taking
                     .entry(*p)
                     .or_insert_with(|| per_peer.get(p).copied().unwrap_or(0));
