@@ -16,7 +16,7 @@
 //! [`MAX_UNCONNECTED_PEERS`] unconnected peers are known and this one was
 //! learned longest ago.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bb_runtime::framework::{AddressBook, AddressBookError};
 use libp2p::multiaddr::Protocol;
@@ -77,6 +77,8 @@ pub(crate) struct PeerBook {
     peers: HashMap<PeerId, Known>,
     /// Orders `Known::learned`.
     clock: u64,
+    /// Peers whose last dial found no address anywhere in the swarm.
+    unlocated: HashSet<PeerId>,
 }
 
 #[derive(Default)]
@@ -109,6 +111,7 @@ impl PeerBook {
         peer: PeerId,
         dialed: Option<&Multiaddr>,
     ) -> Result<(), AddressBookError> {
+        self.unlocated.remove(&peer);
         let known = self.peers.entry(peer).or_default();
         known.connections += 1;
         if let Some(address) = dialed.and_then(|a| normalise(&peer, a)) {
@@ -204,6 +207,31 @@ impl PeerBook {
             })
             .cloned()
             .collect()
+    }
+
+    /// The swarm starts dialling `peer`: whatever the last dial found no
+    /// longer holds.
+    pub(crate) fn dialling(&mut self, peer: &PeerId) {
+        self.unlocated.remove(peer);
+    }
+
+    /// The swarm dialled `peer` and no behaviour knew an address for it.
+    pub(crate) fn found_no_address(&mut self, peer: PeerId) {
+        if self.unlocated.len() >= MAX_UNCONNECTED_PEERS {
+            // Marks only rename failures; dropping them all is safe.
+            self.unlocated.clear();
+        }
+        self.unlocated.insert(peer);
+    }
+
+    /// Whether the last dial of `peer` found no address for it.
+    pub(crate) fn is_unlocated(&self, peer: &PeerId) -> bool {
+        self.unlocated.contains(peer)
+    }
+
+    /// Peers this side made resolvable in the engine's AddressBook.
+    pub(crate) fn resolvable(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.peers.iter().filter(|(_, k)| k.held).map(|(p, _)| *p)
     }
 
     /// Whether this side holds an engine reference for `peer`.

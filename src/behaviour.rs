@@ -24,8 +24,8 @@ use libp2p::peer_store::memory_store;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{
     behaviour::{DialFailure, ListenFailure},
-    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NewExternalAddrOfPeer, THandler,
-    THandlerInEvent, THandlerOutEvent, ToSwarm,
+    ConnectionDenied, ConnectionId, DialError, FromSwarm, NetworkBehaviour, NewExternalAddrOfPeer,
+    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId};
 
@@ -256,6 +256,21 @@ impl Behaviour {
         self.peers.len()
     }
 
+    /// The peers the engine can resolve now through this behaviour: those
+    /// connected, or with an address learned from the swarm (kad, identify,
+    /// the peer store, `Swarm::add_peer_address`), in no particular order.
+    /// Build a Module's `peers` input from them with
+    /// [`values::peers`](crate::values::peers).
+    ///
+    /// The engine's own protocols (its registry) may make more peers
+    /// resolvable; a send to a peer in neither set is still tried: the
+    /// behaviour dials it by `PeerId`, and it fails as
+    /// [`SendFailure::Unresolved`](crate::SendFailure::Unresolved) when no
+    /// behaviour of the swarm knows an address for it.
+    pub fn resolvable_peers(&self) -> Vec<PeerId> {
+        self.peers.resolvable().collect()
+    }
+
     /// How many peers this behaviour keeps failure state (back-off, failure
     /// streak) for: at most a thousand; past that the ones recorded longest
     /// ago are forgotten, and a peer the behaviour forgets (no connection,
@@ -395,6 +410,7 @@ impl NetworkBehaviour for Behaviour {
     ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
         if let Some(peer) = maybe_peer {
             self.admit(peer, connection_id, Endpoint::Dialer)?;
+            self.peers.dialling(&peer);
         }
         let mut extra = self.inner.handle_pending_outbound_connection(
             connection_id,
@@ -448,6 +464,16 @@ impl NetworkBehaviour for Behaviour {
             // loop back to every behaviour).
             FromSwarm::NewExternalAddrOfPeer(NewExternalAddrOfPeer { peer_id, addr }) => {
                 self.learn(*peer_id, addr)
+            }
+            FromSwarm::DialFailure(DialFailure {
+                peer_id: Some(peer),
+                error: DialError::NoAddresses,
+                connection_id,
+            }) => {
+                // Before the inner behaviour fails the peer's requests.
+                self.peers.found_no_address(*peer);
+                self.inner.on_swarm_event(event);
+                return self.on_connection_refused(*connection_id);
             }
             FromSwarm::DialFailure(DialFailure { connection_id, .. })
             | FromSwarm::ListenFailure(ListenFailure { connection_id, .. }) => {

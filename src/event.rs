@@ -12,38 +12,19 @@ use libp2p::PeerId;
 
 /// A value the engine published on a Module output
 /// (`EngineStep::AppEvent`), as [`NodeHandle::app_events`](crate::NodeHandle::app_events)
-/// yields it.
+/// yields it. [`Event::AppEvent`] carries the same fields.
+///
+/// Decode `value_bytes` with [`crate::values`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppEvent {
-    /// The Module that emitted it.
-    pub module_name: String,
+    /// The peer whose envelope started the work that produced the value, as
+    /// the transport authenticated it; `None` when the work started on this
+    /// Node (an `invoke`). See [`Event::AppEvent::sender`].
+    pub sender: Option<PeerId>,
     /// The output (or `AppEmit` topic) name.
     pub topic: String,
     /// The value in its wire encoding; empty for a marker-only event.
     pub value_bytes: Vec<u8>,
-}
-
-impl AppEvent {
-    /// Takes the fields of an `EngineStep::AppEvent`; any other step gives
-    /// an empty event.
-    pub(crate) fn from_step(step: EngineStep) -> Self {
-        match step {
-            EngineStep::AppEvent {
-                module_name,
-                topic,
-                value_bytes,
-            } => Self {
-                module_name,
-                topic,
-                value_bytes,
-            },
-            _ => Self {
-                module_name: String::new(),
-                topic: String::new(),
-                value_bytes: Vec::new(),
-            },
-        }
-    }
 }
 
 /// An event of the [`Behaviour`](crate::Behaviour): the swarm's `ToSwarm`.
@@ -51,10 +32,25 @@ impl AppEvent {
 #[non_exhaustive]
 pub enum Event {
     /// The engine published a value on a Module output
-    /// (`EngineStep::AppEvent`).
+    /// (`EngineStep::AppEvent`). Decode `value_bytes` with
+    /// [`crate::values`].
+    ///
+    /// The engine does not say which Module published it (its
+    /// `module_name` is always empty in bytesandbrains 0.3.8): name outputs
+    /// so that `topic` tells them apart.
     AppEvent {
-        /// The Module that emitted it.
-        module_name: String,
+        /// The peer whose envelope started the work that produced the
+        /// value, as the transport authenticated it (not a claim inside the
+        /// value); `None` when the work started on this Node, with an
+        /// `invoke`.
+        ///
+        /// Every inbound envelope starts an execution of its own, so an
+        /// output computed from one received value names that value's
+        /// sender. An output that waited for several envelopes names the
+        /// sender of the one that completed it. An output written
+        /// asynchronously (by an op that completes later) or by a bound
+        /// component's op has `None` too: the engine does not say.
+        sender: Option<PeerId>,
         /// The output (or `AppEmit` topic) name.
         topic: String,
         /// The value in its wire encoding; empty for a marker-only event.
@@ -180,6 +176,12 @@ pub enum SendFailure {
     },
     /// The peer was not connected and could not be dialled.
     DialFailure,
+    /// Nothing knows where the peer is: the engine's AddressBook had no
+    /// entry for it, and when the behaviour dialled it by its `PeerId` no
+    /// behaviour of the swarm (kad, identify, mDNS, the peer store) offered
+    /// an address. Connect to the peer, or let discovery find it, and send
+    /// again.
+    Unresolved,
     /// No acknowledgement within the request timeout.
     Timeout,
     /// The connection closed before the acknowledgement arrived.
@@ -227,6 +229,7 @@ impl SendFailure {
             SendFailure::NoDestination => "no_destination",
             SendFailure::Oversize { .. } => "oversize",
             SendFailure::DialFailure => "dial_failure",
+            SendFailure::Unresolved => "unresolved",
             SendFailure::Timeout => "timeout",
             SendFailure::ConnectionClosed => "connection_closed",
             SendFailure::UnsupportedProtocol => "unsupported_protocol",
@@ -279,6 +282,7 @@ impl fmt::Display for SendFailure {
                 write!(f, "envelope is {size} bytes encoded, the maximum is {cap}")
             }
             SendFailure::DialFailure => write!(f, "could not dial the peer"),
+            SendFailure::Unresolved => write!(f, "no address is known for the peer"),
             SendFailure::Timeout => write!(f, "no acknowledgement within the request timeout"),
             SendFailure::ConnectionClosed => {
                 write!(f, "connection closed before the acknowledgement")

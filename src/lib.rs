@@ -82,7 +82,9 @@ mod inbound;
 mod outbound;
 mod outbox;
 pub mod peer;
+pub mod ports;
 mod stats;
+pub mod values;
 
 pub use behaviour::Behaviour;
 pub use codec::PROTOCOL_NAME;

@@ -137,7 +137,10 @@ async fn engine_took_the_failure(a: &mut Swarm<Behaviour>) {
 #[tokio::test(flavor = "current_thread")]
 async fn unreachable_peer_fails_with_dial_failure() {
     let dest = PeerId::random();
-    let (mut a, id) = sender_to(dest, Config::default().with_request_timeout(TIMEOUT));
+    let (mut a, id) = idle_sender_to(dest, Config::default().with_request_timeout(TIMEOUT));
+    // An address where nothing listens: the dial is tried, and fails.
+    a.add_peer_address(dest, "/memory/4040404".parse().unwrap());
+    send_one(&mut a, dest);
     let reason = expect_failure(&mut a, dest, id).await;
     assert_eq!(reason, SendFailure::DialFailure);
     assert_eq!(reason.label(), "dial_failure");

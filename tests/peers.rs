@@ -8,7 +8,6 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bb_libp2p::{p2p_address, to_engine_peer, Behaviour, Event, Node};
-use bb_runtime::engine::EngineStep;
 use common::models::{bb_behaviour, bytes_value, compile, send_value, Ping};
 use common::{connect, listen, memory_swarm, on_node, run_for, until};
 use futures::StreamExt;
@@ -179,16 +178,17 @@ async fn connected_peers_resolve_until_they_are_unreachable() {
 
     a.behaviour_mut().remove_peer(&pb);
     resolves(a.behaviour(), &pb, false);
-    // The engine's own Send now cannot route to B, and says so.
+    // The engine cannot resolve B now; the behaviour dials B by its id, no
+    // behaviour of the swarm knows an address, and the send fails so.
     send_value(&a.behaviour().handle(), &sender, pb, b"nowhere");
     let failed = until(
         &mut [&mut a, &mut b],
         Duration::from_secs(5),
-        "PeerResolveFailed",
+        "SendFailed",
         |i, e| match e {
-            SwarmEvent::Behaviour(Event::Engine(EngineStep::PeerResolveFailed {
-                peer, ..
-            })) if i == 0 => Some(peer),
+            SwarmEvent::Behaviour(Event::SendFailed { peer, reason, .. }) if i == 0 => {
+                Some((peer, reason))
+            }
             SwarmEvent::Behaviour(Event::AppEvent { .. }) => {
                 panic!("delivered to an unresolvable peer")
             }
@@ -196,7 +196,8 @@ async fn connected_peers_resolve_until_they_are_unreachable() {
         },
     )
     .await;
-    assert_eq!(failed, Some(to_engine_peer(&pb)));
+    assert_eq!(failed, (Some(pb), bb_libp2p::SendFailure::Unresolved));
+    assert_eq!(failed.1.label(), "unresolved");
 }
 
 #[tokio::test(flavor = "current_thread")]

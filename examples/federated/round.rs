@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use bb_libp2p::{to_libp2p_peer, Event, NodeHandle, SendFailure};
+use bb_libp2p::{to_libp2p_peer, Event, NodeHandle};
 use bb_runtime::engine::EngineStep;
 use bytesandbrains::aggregators::fedavg::FedAvgMeta;
 use bytesandbrains::syscall::values::PeerIdVecValue;
@@ -40,23 +40,6 @@ pub enum Missing {
     /// reported for the parameters, if any, is one that does not rule out
     /// their delivery (`timeout`, `deadline`, `connection_closed`, `io`).
     Silent(Option<String>),
-}
-
-/// Whether a send that failed with `failure` cannot have reached the
-/// peer's engine. The others may fail after delivery, when only the
-/// acknowledgement was late or lost: the client may still answer in time.
-fn undelivered(failure: &SendFailure) -> bool {
-    matches!(
-        failure,
-        SendFailure::NoDestination
-            | SendFailure::Oversize { .. }
-            | SendFailure::DialFailure
-            | SendFailure::UnsupportedProtocol
-            | SendFailure::Rejected(_)
-            | SendFailure::Denied(_)
-            | SendFailure::Backoff { .. }
-            | SendFailure::QueueFull { .. }
-    )
 }
 
 /// How a round ended.
@@ -205,16 +188,11 @@ impl Round {
                 reason,
                 ..
             } => {
-                let failure = (reason.label().to_string(), undelivered(reason));
+                let failure = (
+                    reason.label().to_string(),
+                    !reason.may_have_been_delivered(),
+                );
                 self.send_failures.insert(*peer, failure);
-            }
-            Event::Engine(EngineStep::PeerResolveFailed {
-                peer: Some(peer), ..
-            }) => {
-                if let Ok(peer) = to_libp2p_peer(peer) {
-                    self.send_failures
-                        .insert(peer, ("unresolvable".into(), true));
-                }
             }
             Event::Engine(EngineStep::OpFailed { error, .. }) => {
                 if error.detail.contains(LATE_UPDATE) {

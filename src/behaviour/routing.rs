@@ -24,6 +24,11 @@ impl Behaviour {
     pub(super) fn on_engine(&mut self, output: FromEngine) {
         match output {
             FromEngine::Send(envelope) => self.send(envelope),
+            FromEngine::App(app) => self.report(Event::AppEvent {
+                sender: app.sender,
+                topic: app.topic,
+                value_bytes: app.value_bytes,
+            }),
             FromEngine::Step(step) => self.on_step(step),
             FromEngine::Policy(policy) => {
                 if self.health.set_policy(policy) {
@@ -37,15 +42,6 @@ impl Behaviour {
 
     pub(super) fn on_step(&mut self, step: EngineStep) {
         let event = match step {
-            EngineStep::AppEvent {
-                module_name,
-                topic,
-                value_bytes,
-            } => Event::AppEvent {
-                module_name,
-                topic,
-                value_bytes,
-            },
             EngineStep::OutboundDropped { count } => Event::OutboundDropped { count },
             // Declared by the engine 0.3.8 but never emitted; reported the
             // same way as the transitions this behaviour sees itself.
@@ -59,6 +55,24 @@ impl Behaviour {
             EngineStep::PeerUp { peer } => match to_libp2p_peer(&peer) {
                 Ok(peer) => Event::PeerUp { peer },
                 Err(_) => Event::Engine(EngineStep::PeerUp { peer }),
+            },
+            // The engine sent nothing to a peer it could not resolve (its
+            // AddressBook was full): no envelope, so no request to end.
+            EngineStep::PeerResolveFailed {
+                peer: Some(engine_peer),
+                op_ref,
+                exec_id,
+            } => match to_libp2p_peer(&engine_peer) {
+                Ok(peer) => Event::SendFailed {
+                    peer: Some(peer),
+                    wire_req_id: None,
+                    reason: SendFailure::Unresolved,
+                },
+                Err(_) => Event::Engine(EngineStep::PeerResolveFailed {
+                    peer: Some(engine_peer),
+                    op_ref,
+                    exec_id,
+                }),
             },
             step => Event::Engine(step),
         };
@@ -134,6 +148,13 @@ impl Behaviour {
         wire_req_id: Option<u64>,
         reason: SendFailure,
     ) {
+        // A dial that found no address anywhere says more than that it failed.
+        let reason = match (reason, peer) {
+            (SendFailure::DialFailure, Some(p)) if self.peers.is_unlocated(&p) => {
+                SendFailure::Unresolved
+            }
+            (reason, _) => reason,
+        };
         tracing::debug!(?peer, ?wire_req_id, %reason, "envelope not delivered");
         // A peer this Node denied did not fail; its closed connections are
         // this Node's doing.

@@ -11,10 +11,18 @@
 //! | [`restore`] | `Node::restore` strands the graphs it restores | `tests/restart.rs::upstream_restore_still_strands_new_work` |
 //! | [`wire_requests`] | a one-way send's request times out 100 ms after it left, acknowledged or not | `tests/wire_requests.rs::upstream_still_gives_one_way_sends_a_short_ttl` |
 //! | [`fail_parked_op`] | `SendFailed` drops a request without failing the op parked on it | none: no 0.3.8 op parks on a wire request |
+//! | [`senders`] | an `AppEvent` does not say who sent the value | `tests/senders.rs::upstream_app_events_still_carry_no_sender` |
+//! | [`unresolved`] | `wire.Send` drops a value for a peer its AddressBook lacks | `tests/unresolved.rs::upstream_send_still_skips_unknown_peers` |
+//!
+//! [`senders`] and [`unresolved`] replace framework ops' dispatch entries
+//! through [`dispatch`].
 
 pub(crate) mod contexts;
 pub(crate) mod deadline_gates;
+pub(crate) mod dispatch;
+pub(crate) mod senders;
 pub mod sites;
+pub(crate) mod unresolved;
 pub(crate) mod wire_requests;
 
 use bb_runtime::errors::restore::RestoreError;

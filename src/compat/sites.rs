@@ -113,11 +113,7 @@ impl Sites {
             return;
         }
         for recv in graph.function.node.iter().filter(|n| is_wire(n, "Recv")) {
-            let port = recv
-                .metadata_props
-                .iter()
-                .find(|p| p.key == SYNTHESIZED_FROM_SEND)
-                .map(|p| p.value.as_str());
+            let port = recv_port(recv);
             let site = recv.output.first().and_then(|o| graph.site_names.get(o));
             let (Some(port), Some(site)) = (port, site) else {
                 continue;
@@ -170,15 +166,23 @@ impl Sites {
     }
 }
 
-fn is_wire(node: &NodeProto, op_type: &str) -> bool {
+pub(crate) fn is_wire(node: &NodeProto, op_type: &str) -> bool {
     node.domain == WIRE_DOMAIN && node.op_type == op_type
 }
 
 /// The `<port>` of a Send whose data output is `<port>__send_sentinel_<idx>`.
-fn send_port(send: &NodeProto) -> Option<&str> {
+pub(crate) fn send_port(send: &NodeProto) -> Option<&str> {
     let output = send.output.first()?;
     let (port, idx) = output.rsplit_once(SEND_SENTINEL)?;
     idx.bytes().all(|b| b.is_ascii_digit()).then_some(port)
+}
+
+/// The `<port>` a synthesized Recv receives.
+pub(crate) fn recv_port(recv: &NodeProto) -> Option<&str> {
+    recv.metadata_props
+        .iter()
+        .find(|p| p.key == SYNTHESIZED_FROM_SEND)
+        .map(|p| p.value.as_str())
 }
 
 fn has_suffix_attribute(send: &NodeProto, input: &str) -> bool {

@@ -37,7 +37,9 @@ use super::message::{FromEngine, HealthRecord, Policy, ToEngine};
 use crate::address_book::EngineBook;
 use crate::admission;
 use crate::clock::Clock;
-use crate::compat::{self, contexts::Pruner, deadline_gates, sites::Sites, wire_requests};
+use crate::compat::{
+    self, contexts::Pruner, deadline_gates, senders, sites::Sites, unresolved, wire_requests,
+};
 use crate::error::SnapshotFailed;
 use crate::event::AppEvent;
 use crate::peer::{p2p_address, to_libp2p_peer};
@@ -167,6 +169,8 @@ impl Host {
             if let Some(graph) = engine.graph_mut(&name) {
                 sites.bridge(&name, graph);
                 deadline_gates::disarm_deadline_gates(graph);
+                senders::stamp_outputs(graph);
+                unresolved::resolve_sends(graph);
             }
         }
         let clock = Clock::new(node.engine_install_handle());
@@ -177,6 +181,7 @@ impl Host {
             caps: node.config().envelope_caps,
             ingress_byte_budget: node.config().ingress_byte_budget,
         };
+        senders::Notes::clear();
         let bootstrap = node.run_bootstrap(&[]);
         let mut host = Self {
             node,
@@ -193,7 +198,7 @@ impl Host {
         };
         host.check_policy();
         match bootstrap {
-            Ok(steps) => steps.into_iter().for_each(|s| host.on_step(s)),
+            Ok(steps) => host.on_steps(steps),
             Err(error) => pending.push_back(FromEngine::BootstrapFailed(error)),
         }
         host.pending.extend(pending);
@@ -260,9 +265,10 @@ impl Host {
             if bus == 0 && self.node.ingress_handle().is_empty() {
                 break;
             }
+            senders::Notes::clear();
             if let Poll::Ready(steps) = self.node.poll(&mut Context::from_waker(waker)) {
                 self.clock_dirty = true;
-                steps.into_iter().for_each(|s| self.on_step(s));
+                self.on_steps(steps);
             }
         }
     }
@@ -292,8 +298,27 @@ impl Host {
         self.pending.push_back(FromEngine::Policy(policy));
     }
 
+    /// Handles the steps of one engine poll, then forgets the senders noted
+    /// during it.
+    fn on_steps(&mut self, steps: Vec<EngineStep>) {
+        for step in steps {
+            self.on_step(step);
+        }
+        senders::Notes::clear();
+    }
+
     fn on_step(&mut self, step: EngineStep) {
         match step {
+            EngineStep::AppEvent {
+                topic, value_bytes, ..
+            } => {
+                let sender = senders::Notes::sender_of(&topic);
+                self.pending.push_back(FromEngine::App(AppEvent {
+                    sender,
+                    topic,
+                    value_bytes,
+                }));
+            }
             EngineStep::SendEnvelope(mut envelope) => {
                 self.sites.outbound(&mut envelope);
                 if let Some(c) = envelope.correlation.as_ref() {
@@ -416,15 +441,15 @@ impl Host {
             let Some(first) = self.pending.front() else {
                 return Poll::Ready(Ok(()));
             };
-            let to_app = matches!(first, FromEngine::Step(EngineStep::AppEvent { .. }));
+            let to_app = matches!(first, FromEngine::App(_));
             let diverting = self.app_events.is_some();
             match self.app_events.as_mut().filter(|_| to_app) {
                 Some(sink) => match sink.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
-                        let Some(FromEngine::Step(step)) = self.pending.pop_front() else {
+                        let Some(FromEngine::App(event)) = self.pending.pop_front() else {
                             unreachable!("matched above");
                         };
-                        let _ = sink.start_send(AppEvent::from_step(step));
+                        let _ = sink.start_send(event);
                     }
                     // The stream was dropped: back to the swarm.
                     Poll::Ready(Err(_)) => self.app_events = None,
@@ -463,6 +488,7 @@ impl Host {
         let bytes = &self.links.stats.ingress_bytes;
         // Everything pushed by now is drained by this cycle.
         let pushed = bytes.pushed.load(Ordering::Acquire);
+        senders::Notes::clear();
         let polled = self.node.poll(cx);
         let held = self.node.engine_install_handle().ingress_bytes_in_flight();
         bytes.held.store(held, Ordering::Release);
@@ -470,9 +496,7 @@ impl Host {
         if let Poll::Ready(steps) = polled {
             self.clock_dirty = true;
             self.pruner.maybe_prune(self.node.engine_install_handle());
-            for step in steps {
-                self.on_step(step);
-            }
+            self.on_steps(steps);
             return Poll::Ready(());
         }
         if self.clock_dirty {

@@ -8,7 +8,7 @@ use bb_runtime::errors::BootstrapError;
 use bb_runtime::framework::PeerGovernor;
 use libp2p::PeerId;
 
-use crate::event::Denial;
+use crate::event::{AppEvent, Denial};
 use crate::peer::to_libp2p_peer;
 
 /// From the swarm's side to the Node. Each is at most one per envelope
@@ -53,6 +53,8 @@ pub(crate) enum FromEngine {
     /// An envelope to put on the wire, its data-plane fills already
     /// rewritten for the receiver.
     Send(WireEnvelope),
+    /// A value the Node published, with its sender.
+    App(AppEvent),
     /// Any other step, reported as an event.
     Step(EngineStep),
     /// The governor's lists changed.
