@@ -33,13 +33,13 @@ use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use bb_ir::proto::onnx::{NodeProto, StringStringEntryProto};
-use bb_libp2p::{to_engine_peer, Address, Behaviour, Config, EngineStep, Event};
+use bb_libp2p::{to_engine_peer, values, Address, Behaviour, Config, EngineStep, Event};
 use bytesandbrains::atomic::DispatchResult;
 use bytesandbrains::bus::OpError;
 use bytesandbrains::proto::onnx::ModelProto;
 use bytesandbrains::runtime::RuntimeResourceRef;
 use bytesandbrains::slot_value::SlotValue;
-use bytesandbrains::syscall::values::{BytesValue, PeerIdVecValue};
+use bytesandbrains::syscall::values::PeerIdVecValue;
 use bytesandbrains::{Compiler, Graph, Module, Output};
 use libp2p::futures::StreamExt;
 use libp2p::identity::Keypair;
@@ -221,8 +221,9 @@ async fn main() -> ExitCode {
 
 /// Serves one dialer: echoes what it sends until it disconnects.
 async fn listen(transport: Transport) -> Result<()> {
-    let (model, targets) = compile()?;
-    let mut swarm = build_swarm(model, &targets[1], LISTENER_IDLE_TIMEOUT)?;
+    let (model, req) = compile()?;
+    // The listener receives on `req` (and sends the reply).
+    let mut swarm = build_swarm(model, &req.receiver, LISTENER_IDLE_TIMEOUT)?;
     swarm.listen_on(transport.listen_address())?;
     loop {
         match swarm.select_next_some().await {
@@ -267,8 +268,9 @@ async fn dial(address: Multiaddr, prefix: &str) -> Result<()> {
     let Some(Protocol::P2p(listener)) = address.iter().last() else {
         return Err(format!("{address} does not end in /p2p/<peer id>").into());
     };
-    let (model, targets) = compile()?;
-    let sender = targets[0].clone();
+    let (model, req) = compile()?;
+    // The dialer sends on `req` (and receives the reply).
+    let sender = req.sender;
     let mut swarm = build_swarm(model, &sender, DIALER_IDLE_TIMEOUT)?;
     // The Node runs on its own engine thread; the handle reaches it from
     // this task (or any other).
@@ -288,11 +290,9 @@ async fn dial(address: Multiaddr, prefix: &str) -> Result<()> {
     }
     println!("{prefix}connected to {listener}");
 
-    // wire.Send resolves only peers the Node knows; the behaviour made the
-    // listener known when the connection was established.
-    let peers = bincode::serialize(&PeerIdVecValue(vec![to_engine_peer(&listener)]))?;
+    let peers = values::peers(&[listener]);
     for message in MESSAGES {
-        let x = bincode::serialize(&BytesValue(message.as_bytes().to_vec()))?;
+        let x = values::bytes(message.as_bytes());
         // The closure runs on the engine thread, so it owns what it uses.
         let (sender, peers) = (sender.clone(), peers.clone());
         node.with_node(move |node| {
@@ -325,6 +325,9 @@ async fn dial(address: Multiaddr, prefix: &str) -> Result<()> {
         }
     }
     println!("{prefix}all {} replies arrived", MESSAGES.len());
+    // Every envelope sent has its outcome by now (a reply came for each);
+    // this is how a program that expects no reply knows it may exit.
+    node.delivered().await?;
 
     loop {
         if let SwarmEvent::ConnectionClosed { .. } =
@@ -427,13 +430,17 @@ async fn next_event(
         .map_err(|_| format!("timed out after {DIAL_TIMEOUT:?} waiting for {what}").into())
 }
 
-/// Compiles [`Echo`]; returns the model and its target names, the dialer's
-/// first. Each process compiles it to get the same target names.
-fn compile() -> Result<(ModelProto, Vec<String>)> {
+/// Compiles [`Echo`]; returns the model and the targets at the ends of its
+/// `req` port. Each process compiles it to get the same target names.
+fn compile() -> Result<(ModelProto, bb_libp2p::ports::Port)> {
+    // bytesandbrains' framework ops register themselves from static
+    // initializers in `bb-ops`; a binary that names nothing of `bb-ops`
+    // would have the linker drop them, and installing would fail with
+    // unresolved ops. This call keeps them.
     bytesandbrains::ops::link_force();
     let model = Compiler::new().compile(Echo.build().map_err(|e| format!("{e:?}"))?)?;
-    let targets = model.functions.iter().map(|f| f.name.clone()).collect();
-    Ok((model, targets))
+    let req = bb_libp2p::ports::port(&model, "req")?;
+    Ok((model, req))
 }
 
 /// A swarm with a fresh identity whose behaviour runs `target` of `model`.
@@ -472,8 +479,8 @@ fn build_swarm(
         .build())
 }
 
-/// A value as the Nodes emit it, `bincode(BytesValue)`, as text.
+/// A value as the Nodes emit it, as text.
 fn text(value_bytes: &[u8]) -> Result<String> {
-    let BytesValue(bytes) = bincode::deserialize(value_bytes)?;
+    let bytes = values::decode_bytes(value_bytes)?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }

@@ -1,0 +1,68 @@
+//! `examples/average.rs` end to end: three processes over TCP find each
+//! other through kad from one bootstrap address, and each hears from
+//! exactly the other two, every round, and ends with their average.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The example binary `cargo test` builds beside the test binaries.
+fn example(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().expect("the test binary's path");
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("examples").join(name)
+}
+
+#[test]
+fn three_processes_hear_each_other_and_agree() {
+    let output = Command::new(example("average"))
+        .output()
+        .expect("the example runs (cargo test builds it)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // `[<value>] bootstrap <address>/p2p/<id>` names each process.
+    let mut ids = BTreeMap::new();
+    let mut heard: BTreeMap<String, Vec<BTreeSet<String>>> = BTreeMap::new();
+    let mut finals = BTreeMap::new();
+    for line in stdout.lines() {
+        let Some((process, said)) = line.split_once("] ") else {
+            continue;
+        };
+        let process = process.trim_start_matches('[').to_string();
+        if let Some(address) = said.strip_prefix("bootstrap ") {
+            let id = address.rsplit('/').next().unwrap().to_string();
+            ids.insert(process.clone(), id);
+        } else if let Some((_, from)) = said.split_once("(heard from ") {
+            let from = from.trim_end_matches(')').split(", ").map(String::from);
+            heard.entry(process).or_default().push(from.collect());
+        } else if let Some(value) = said.strip_prefix("final ") {
+            finals.insert(process, value.to_string());
+        }
+    }
+    assert_eq!(ids.len(), 3, "{stdout}");
+    for (process, rounds) in &heard {
+        let others: BTreeSet<String> = ids
+            .iter()
+            .filter(|(p, _)| *p != process)
+            .map(|(_, id)| id.clone())
+            .collect();
+        assert_eq!(rounds.len(), 3, "{process}: {stdout}");
+        for from in rounds {
+            assert_eq!(from, &others, "{process}: {stdout}");
+        }
+    }
+    assert_eq!(heard.len(), 3);
+    let expected: BTreeMap<String, String> = ["1", "2", "6"]
+        .iter()
+        .map(|p| (p.to_string(), "3".to_string()))
+        .collect();
+    assert_eq!(finals, expected, "{stdout}");
+}
