@@ -8,25 +8,39 @@
 //! with [`original`]. Framework ops are registered once per process under
 //! that key, so one entry serves every Node on every thread.
 
-use std::collections::HashMap;
 use std::sync::{OnceLock, RwLock};
 
 use bb_ir::proto::onnx::NodeProto;
 use bb_runtime::bus::{OpError, OpErrorKind};
 use bb_runtime::engine::{OpDispatch, StatelessInvokeFn};
 
-/// `(wrapper, domain, op_type)`.
-type Key = (&'static str, String, String);
+/// A replaced function, filed under `(wrapper, domain, op_type)`.
+struct Filed {
+    wrapper: &'static str,
+    domain: String,
+    op_type: String,
+    function: StatelessInvokeFn,
+}
 
-fn originals() -> &'static RwLock<HashMap<Key, StatelessInvokeFn>> {
-    static ORIGINALS: OnceLock<RwLock<HashMap<Key, StatelessInvokeFn>>> = OnceLock::new();
+impl Filed {
+    fn is(&self, wrapper: &str, node: &NodeProto) -> bool {
+        self.wrapper == wrapper && self.domain == node.domain && self.op_type == node.op_type
+    }
+}
+
+/// A handful of entries (one per op type wrapped), read on every call of a
+/// wrapped op: a list scanned without allocating beats a map keyed by owned
+/// strings.
+fn originals() -> &'static RwLock<Vec<Filed>> {
+    static ORIGINALS: OnceLock<RwLock<Vec<Filed>>> = OnceLock::new();
     ORIGINALS.get_or_init(Default::default)
 }
 
 /// Makes `dispatch`, the entry of `node`, call `wrapper` instead, filing the
 /// function it called under `wrapper_name`. Only a framework op
-/// (`OpDispatch::Stateless`) can be wrapped; `false` for any other entry,
-/// which is left alone.
+/// (`OpDispatch::Stateless`) whose function is the one filed for its kind
+/// (if any) can be wrapped; `false` for any other entry, which is left
+/// alone.
 pub(crate) fn wrap(
     wrapper_name: &'static str,
     node: &NodeProto,
@@ -39,11 +53,29 @@ pub(crate) fn wrap(
     if std::ptr::fn_addr_eq(*function, wrapper) {
         return true;
     }
-    let key = (wrapper_name, node.domain.clone(), node.op_type.clone());
-    originals()
+    let mut filed = originals()
         .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .insert(key, *function);
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    match filed.iter().find(|f| f.is(wrapper_name, node)) {
+        // Another Node runs its own function for this op (its host replaced
+        // the entry): the wrapper could not tell the two apart.
+        Some(f) if !std::ptr::fn_addr_eq(f.function, *function) => {
+            tracing::warn!(
+                domain = %node.domain,
+                op_type = %node.op_type,
+                wrapper = wrapper_name,
+                "the op's dispatch was replaced by the application; not wrapping it"
+            );
+            return false;
+        }
+        Some(_) => {}
+        None => filed.push(Filed {
+            wrapper: wrapper_name,
+            domain: node.domain.clone(),
+            op_type: node.op_type.clone(),
+            function: *function,
+        }),
+    }
     *dispatch = OpDispatch::Stateless(wrapper);
     true
 }
@@ -55,12 +87,12 @@ pub(crate) fn original(
     wrapper_name: &'static str,
     node: &NodeProto,
 ) -> Result<StatelessInvokeFn, OpError> {
-    let key = (wrapper_name, node.domain.clone(), node.op_type.clone());
     originals()
         .read()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .get(&key)
-        .copied()
+        .iter()
+        .find(|f| f.is(wrapper_name, node))
+        .map(|f| f.function)
         .ok_or_else(|| OpError {
             kind: OpErrorKind::NotRegistered,
             reason: "unwrapped_op",
