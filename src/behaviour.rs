@@ -40,6 +40,7 @@ use crate::error::{SnapshotFailed, StartError};
 use crate::event::{Event, Rejection};
 use crate::health::Health;
 use crate::inbound::Inbound;
+use crate::metrics::GaugeShare;
 use crate::outbound::{Link, Outbound};
 use crate::stats::WireStats;
 use crate::Config;
@@ -109,6 +110,8 @@ pub struct Behaviour {
     establishing: HashMap<ConnectionId, (PeerId, ConnectedPoint)>,
     /// Events and requests for the swarm.
     pending: VecDeque<ToSwarm<Event, THandlerInEvent<Self>>>,
+    /// This behaviour's part of the metrics' gauges, when it records any.
+    gauges: Option<GaugeShare>,
 }
 
 impl Behaviour {
@@ -147,7 +150,12 @@ impl Behaviour {
         F: FnOnce() -> Result<Node, E> + Send + 'static,
         E: Into<Box<dyn Error + Send + Sync>>,
     {
-        let started = start::start(pool, make_node, config.op_steps())?;
+        let started = start::start(
+            pool,
+            make_node,
+            config.op_steps(),
+            config.metrics().cloned(),
+        )?;
         Ok(Self::wire_up(started, config))
     }
 
@@ -198,7 +206,9 @@ impl Behaviour {
                 init.sites,
                 init.ingress_byte_budget,
                 stats,
+                config.metrics().cloned(),
             ),
+            gauges: config.metrics().cloned().map(GaugeShare::new),
             health: Health::default(),
             peers: PeerBook::default(),
             disconnecting: HashSet::new(),
@@ -529,6 +539,8 @@ impl NetworkBehaviour for Behaviour {
                 self.on_engine(output);
                 continue;
             }
+            // 5. Nothing more for now: what is held, for the gauges.
+            self.report_levels();
             return Poll::Pending;
         }
     }

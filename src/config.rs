@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::metrics::Metrics;
+
 /// Configuration of the [`Behaviour`](crate::Behaviour).
 ///
 /// Built with [`Config::default`] and the by-value `with_*` setters:
@@ -24,6 +26,7 @@ pub struct Config {
     max_ingress_envelopes: Option<usize>,
     wire_deadlines: bool,
     emit_op_steps: bool,
+    metrics: Option<Metrics>,
 }
 
 impl Default for Config {
@@ -50,6 +53,7 @@ impl Default for Config {
     ///   is meant.
     /// - per-op engine steps: not emitted (they fire once per op and would
     ///   flood the swarm's event stream).
+    /// - metrics: none recorded.
     fn default() -> Self {
         Self {
             request_timeout: Duration::from_secs(10),
@@ -60,6 +64,7 @@ impl Default for Config {
             max_ingress_envelopes: None,
             wire_deadlines: false,
             emit_op_steps: false,
+            metrics: None,
         }
     }
 }
@@ -133,6 +138,18 @@ impl Config {
     pub fn with_op_steps(mut self, emit: bool) -> Self {
         self.emit_op_steps = emit;
         self
+    }
+
+    /// Records the behaviour's [`Metrics`]. Give every behaviour of a process
+    /// the same `Metrics` to add them up; see [`Metrics::new`].
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// See [`Config::with_metrics`].
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.metrics.as_ref()
     }
 
     /// The request timeout.

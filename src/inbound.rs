@@ -17,6 +17,7 @@ use crate::compat::sites::Sites;
 use crate::engine::host::HostStats;
 use crate::event::{RejectKind, Rejection};
 use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::peer::{p2p_address, peer_of_address, to_engine_peer};
 use crate::stats::WireStats;
 
@@ -36,6 +37,7 @@ pub(crate) struct Inbound {
     /// The engine's ingress byte budget, and what of it is in use.
     byte_budget: usize,
     host: Arc<HostStats>,
+    metrics: Option<Metrics>,
 }
 
 impl Inbound {
@@ -45,6 +47,7 @@ impl Inbound {
         sites: Sites,
         byte_budget: usize,
         host: Arc<HostStats>,
+        metrics: Option<Metrics>,
     ) -> Self {
         Self {
             ingress,
@@ -53,7 +56,14 @@ impl Inbound {
             stats: WireStats::default(),
             byte_budget,
             host,
+            metrics,
         }
+    }
+
+    /// Envelopes in the engine's ingress, and the payload bytes it holds
+    /// against its budget.
+    pub(crate) fn engine_holds(&self) -> (usize, usize) {
+        (self.ingress.len(), self.host.ingress_bytes.committed())
     }
 
     pub(crate) fn stats(&self) -> &WireStats {
@@ -69,10 +79,31 @@ impl Inbound {
         &mut self,
         health: &Health,
         peer: PeerId,
+        envelope: WireEnvelope,
+    ) -> Result<Option<Advice>, Rejection> {
+        let size = envelope.encoded_len();
+        let wire_req_id = envelope.correlation.as_ref().map(|c| c.wire_req_id);
+        let span = tracing::debug_span!("inbound_envelope", %peer, wire_req_id, size);
+        let _entered = span.enter();
+        self.stats.envelopes_received += 1;
+        self.stats.bytes_received += size as u64;
+        if let Some(metrics) = &self.metrics {
+            metrics.received(size);
+        }
+        let verdict = self.take(health, peer, envelope);
+        match &verdict {
+            Ok(_) => tracing::debug!("taken"),
+            Err(rejection) => tracing::debug!(%rejection, "refused"),
+        }
+        verdict
+    }
+
+    fn take(
+        &mut self,
+        health: &Health,
+        peer: PeerId,
         mut envelope: WireEnvelope,
     ) -> Result<Option<Advice>, Rejection> {
-        self.stats.envelopes_received += 1;
-        self.stats.bytes_received += envelope.encoded_len() as u64;
         // A request already on its way when the peer was denied (its
         // connection is closing) must not reach the engine either.
         if let Some(denial) = health.denial(&peer) {

@@ -79,6 +79,7 @@ mod error;
 mod event;
 mod health;
 mod inbound;
+mod metrics;
 mod outbound;
 mod outbox;
 pub mod peer;
@@ -93,6 +94,7 @@ pub use config::Config;
 pub use engine::{AppEvents, EnginePool, NodeHandle};
 pub use error::{EngineStopped, SnapshotFailed, StartError};
 pub use event::{AppEvent, Denial, Event, PeerDenied, RejectKind, Rejection, SendFailure};
+pub use metrics::Metrics;
 pub use peer::{p2p_address, to_engine_peer, to_libp2p_peer, PeerIdConversionError};
 pub use stats::WireStats;
 

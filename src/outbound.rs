@@ -24,6 +24,7 @@ use crate::address_book::PeerBook;
 use crate::codec::{Ack, Codec, Request};
 use crate::event::{RejectKind, Rejection, SendFailure};
 use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Outgoing};
 use crate::stats::WireStats;
 use crate::Config;
@@ -125,6 +126,7 @@ pub(crate) struct Outbound {
     watchdog: Option<Delay>,
     request_timeout: Duration,
     outcomes: VecDeque<Outcome>,
+    metrics: Option<Metrics>,
 }
 
 impl Outbound {
@@ -150,6 +152,7 @@ impl Outbound {
             watchdog: None,
             request_timeout: config.request_timeout(),
             outcomes: VecDeque::new(),
+            metrics: config.metrics().cloned(),
         }
     }
 
@@ -189,12 +192,14 @@ impl Outbound {
                 .outcomes
                 .push_back(fail(SendFailure::Oversize { size, cap }));
         }
+        let span = tracing::debug_span!("envelope", %peer, wire_req_id, size);
         let outgoing = Outgoing {
             peer,
             wire_req_id,
             envelope: Arc::new(envelope),
             busy_answers: 0,
             since: Instant::now(),
+            span,
         };
         if self.in_flight.len() < self.max_in_flight
             && self.peer_room(&peer) > 0
@@ -213,20 +218,29 @@ impl Outbound {
         };
         let (peer, wire_req_id) = (outgoing.peer, outgoing.wire_req_id);
         match ack::verdict(answer) {
-            Ok(()) => self
-                .outcomes
-                .push_back(Outcome::Acknowledged { peer, wire_req_id }),
+            Ok(()) => {
+                let latency = outgoing.since.elapsed();
+                tracing::debug!(parent: &outgoing.span, ?latency, "acknowledged");
+                if let Some(metrics) = &self.metrics {
+                    metrics.acknowledged(latency);
+                }
+                self.outcomes
+                    .push_back(Outcome::Acknowledged { peer, wire_req_id })
+            }
             Err(
                 reason @ SendFailure::Rejected(Rejection {
                     kind: RejectKind::Busy,
                     ..
                 }),
             ) => self.retry_when_not_busy(outgoing, reason),
-            Err(reason) => self.outcomes.push_back(Outcome::Failed {
-                peer: Some(peer),
-                wire_req_id,
-                reason,
-            }),
+            Err(reason) => {
+                tracing::debug!(parent: &outgoing.span, %reason, "refused");
+                self.outcomes.push_back(Outcome::Failed {
+                    peer: Some(peer),
+                    wire_req_id,
+                    reason,
+                })
+            }
         }
     }
 
@@ -242,6 +256,7 @@ impl Outbound {
             OutboundFailure::UnsupportedProtocols => SendFailure::UnsupportedProtocol,
             OutboundFailure::Io(e) => SendFailure::Io(e.to_string()),
         };
+        tracing::debug!(parent: &outgoing.span, %reason, "failed");
         self.outcomes.push_back(Outcome::Failed {
             peer: Some(outgoing.peer),
             wire_req_id: outgoing.wire_req_id,
@@ -338,9 +353,12 @@ impl Outbound {
         let envelope = &outgoing.envelope;
         outgoing.since = Instant::now();
         let (peer, size) = (outgoing.peer, envelope.encoded_len());
-        tracing::debug!(%peer, wire_req_id = ?outgoing.wire_req_id, size, "sending envelope");
+        tracing::debug!(parent: &outgoing.span, attempt = outgoing.busy_answers + 1, "sending");
         link.stats.envelopes_sent += 1;
         link.stats.bytes_sent += size as u64;
+        if let Some(metrics) = &self.metrics {
+            metrics.sent(size, outgoing.busy_answers > 0);
+        }
         let budget = Duration::from_nanos(envelope.remaining_deadline_ns);
         let request_id = link
             .inner
@@ -495,7 +513,10 @@ impl Outbound {
         outgoing.busy_answers += 1;
         let retry_in = BUSY_WAIT * 2u32.pow(outgoing.busy_answers - 1);
         let peer = outgoing.peer;
-        tracing::debug!(%peer, ?retry_in, "peer busy; holding its envelopes");
+        tracing::debug!(parent: &outgoing.span, ?retry_in, "peer busy; holding its envelopes");
+        if let Some(metrics) = &self.metrics {
+            metrics.busy_answer();
+        }
         self.queue(outgoing, true);
         self.outcomes.push_back(Outcome::Busy { peer, retry_in });
     }

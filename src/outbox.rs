@@ -21,8 +21,11 @@ pub(crate) struct Outgoing {
     /// Times the peer answered "busy" to it.
     pub(crate) busy_answers: u32,
     /// When it started waiting here, to charge the wait against its
-    /// `remaining_deadline_ns`.
+    /// `remaining_deadline_ns`; once sent, when it went on the wire.
     pub(crate) since: Instant,
+    /// The envelope's span (peer, engine request id, size): what is logged
+    /// of it is logged inside.
+    pub(crate) span: tracing::Span,
 }
 
 /// A first-in, first-out queue of [`Outgoing`] envelopes; its owner bounds
@@ -104,6 +107,7 @@ mod tests {
             envelope: Arc::default(),
             busy_answers: 0,
             since: Instant::now(),
+            span: tracing::Span::none(),
         }
     }
 

@@ -16,6 +16,7 @@ use crate::codec::Request;
 use crate::engine::message::{FromEngine, HealthRecord, ToEngine};
 use crate::event::{Event, RejectKind, Rejection, SendFailure};
 use crate::health::Transition;
+use crate::metrics::{GaugeShare, Levels};
 use crate::outbound::{Link, Outcome};
 use crate::peer::{peer_of_address, to_libp2p_peer};
 
@@ -184,7 +185,30 @@ impl Behaviour {
     }
 
     pub(super) fn report(&mut self, event: Event) {
+        if let Some(metrics) = self.gauges.as_ref().map(GaugeShare::metrics) {
+            match &event {
+                Event::SendFailed { reason, .. } => metrics.send_failed(reason.label()),
+                Event::InboundRejected { rejection, .. } => {
+                    metrics.rejected(rejection.kind.label())
+                }
+                _ => {}
+            }
+        }
         self.pending.push_back(ToSwarm::GenerateEvent(event));
+    }
+
+    /// Moves the metrics' gauges to what this behaviour holds now.
+    pub(super) fn report_levels(&mut self) {
+        let Some(gauges) = &mut self.gauges else {
+            return;
+        };
+        let (ingress_envelopes, ingress_bytes) = self.inbound.engine_holds();
+        gauges.report(Levels {
+            in_flight: self.outbound.in_flight(),
+            queued: self.outbound.queued(),
+            ingress_envelopes,
+            ingress_bytes,
+        });
     }
 
     pub(super) fn report_transition(&mut self, peer: PeerId, transition: Option<Transition>) {

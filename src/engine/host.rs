@@ -20,6 +20,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bb_runtime::engine::EngineStep;
 use bb_runtime::envelope::{EnvelopeCaps, WireEnvelope};
@@ -42,6 +43,7 @@ use crate::compat::{
 };
 use crate::error::SnapshotFailed;
 use crate::event::AppEvent;
+use crate::metrics::Metrics;
 use crate::peer::{p2p_address, to_libp2p_peer};
 
 /// Engine cycles one wake-up runs before it yields to the other Nodes on
@@ -120,6 +122,8 @@ pub(crate) struct Links {
     pub(crate) jobs: mpsc::Receiver<Job>,
     pub(crate) stats: Arc<HostStats>,
     pub(crate) emit_op_steps: bool,
+    /// Where the time of each engine poll is recorded, if anywhere.
+    pub(crate) metrics: Option<Metrics>,
 }
 
 /// A Node and its clock, on an engine thread.
@@ -489,7 +493,11 @@ impl Host {
         // Everything pushed by now is drained by this cycle.
         let pushed = bytes.pushed.load(Ordering::Acquire);
         senders::Notes::clear();
+        let started = self.links.metrics.as_ref().map(|_| Instant::now());
         let polled = self.node.poll(cx);
+        if let (Some(metrics), Some(started)) = (&self.links.metrics, started) {
+            metrics.engine_polled(started.elapsed());
+        }
         let held = self.node.engine_install_handle().ingress_bytes_in_flight();
         bytes.held.store(held, Ordering::Release);
         bytes.taken.store(pushed, Ordering::Release);

@@ -15,6 +15,7 @@ use super::lane::lane;
 use super::link::EngineLink;
 use super::pool::{EnginePool, Start};
 use crate::error::StartError;
+use crate::metrics::Metrics;
 
 /// Steps the engine may hand the swarm before it waits for the swarm.
 const STEP_LANE: usize = 1024;
@@ -40,6 +41,7 @@ pub(crate) fn start<F, E>(
     pool: &EnginePool,
     make_node: F,
     emit_op_steps: bool,
+    metrics: Option<Metrics>,
 ) -> Result<Started, StartError>
 where
     F: FnOnce() -> Result<Node, E> + Send + 'static,
@@ -55,6 +57,7 @@ where
         jobs: jobs_rx,
         stats: Arc::clone(&stats),
         emit_op_steps,
+        metrics,
     };
     let (init_tx, init_rx) = oneshot::channel::<Result<Init, StartError>>();
     let start: Start = Box::new(move || {
