@@ -17,6 +17,7 @@ use crate::compat::sites::Sites;
 use crate::engine::host::HostStats;
 use crate::event::{RejectKind, Rejection};
 use crate::health::Health;
+use crate::ingress_share::IngressShare;
 use crate::metrics::Metrics;
 use crate::peer::{p2p_address, peer_of_address, to_engine_peer};
 use crate::stats::WireStats;
@@ -38,6 +39,8 @@ pub(crate) struct Inbound {
     byte_budget: usize,
     host: Arc<HostStats>,
     metrics: Option<Metrics>,
+    /// Each peer's envelopes in the ingress, against its fair share.
+    share: IngressShare,
 }
 
 impl Inbound {
@@ -57,6 +60,7 @@ impl Inbound {
             byte_budget,
             host,
             metrics,
+            share: IngressShare::default(),
         }
     }
 
@@ -158,8 +162,25 @@ impl Inbound {
         if self.ingress.len() >= self.max_ingress {
             return Err(self.busy());
         }
+        // Envelopes not in the ingress any more were taken, even if the
+        // engine's cycle has not said so yet (it says so once it is over).
+        let pushed = self.host.ingress_bytes.envelopes_pushed();
+        let taken = pushed
+            .saturating_sub(self.ingress.len() as u64)
+            .max(self.host.ingress_bytes.envelopes_taken());
+        if !self.share.admits(&peer, self.max_ingress, taken) {
+            return Err(Rejection::new(
+                RejectKind::Busy,
+                format!(
+                    "peer holds {} envelopes of the engine ingress's {}, its share among the peers sending now",
+                    self.share.held_by(&peer),
+                    self.max_ingress
+                ),
+            ));
+        }
         self.ingress.push(event).map_err(|_| self.busy())?;
         self.host.ingress_bytes.pushed(payload);
+        self.share.pushed(peer);
         Ok(advice)
     }
 

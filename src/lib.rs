@@ -79,6 +79,7 @@ mod error;
 mod event;
 mod health;
 mod inbound;
+mod ingress_share;
 mod metrics;
 mod outbound;
 mod outbox;

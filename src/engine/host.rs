@@ -97,6 +97,10 @@ pub(crate) struct IngressBytes {
     taken: AtomicUsize,
     /// The engine's `ingress_bytes_in_flight` after its last cycle.
     held: AtomicUsize,
+    /// Envelopes the swarm's side pushed, ever.
+    envelopes_pushed: AtomicU64,
+    /// Of those, the envelopes the engine has taken in.
+    envelopes_taken: AtomicU64,
 }
 
 impl IngressBytes {
@@ -109,9 +113,21 @@ impl IngressBytes {
         self.held.load(Ordering::Acquire).saturating_add(waiting)
     }
 
-    /// `bytes` more were pushed.
+    /// An envelope of `bytes` payload bytes was pushed.
     pub(crate) fn pushed(&self, bytes: usize) {
         self.pushed.fetch_add(bytes, Ordering::AcqRel);
+        self.envelopes_pushed.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many envelopes the swarm's side pushed.
+    pub(crate) fn envelopes_pushed(&self) -> u64 {
+        self.envelopes_pushed.load(Ordering::Acquire)
+    }
+
+    /// How many of the envelopes pushed so far the engine has taken: those
+    /// numbered below it (counting from 0) are out of its ingress.
+    pub(crate) fn envelopes_taken(&self) -> u64 {
+        self.envelopes_taken.load(Ordering::Acquire)
     }
 }
 
@@ -492,6 +508,7 @@ impl Host {
         let bytes = &self.links.stats.ingress_bytes;
         // Everything pushed by now is drained by this cycle.
         let pushed = bytes.pushed.load(Ordering::Acquire);
+        let envelopes = bytes.envelopes_pushed.load(Ordering::Acquire);
         senders::Notes::clear();
         let started = self.links.metrics.as_ref().map(|_| Instant::now());
         let polled = self.node.poll(cx);
@@ -501,6 +518,7 @@ impl Host {
         let held = self.node.engine_install_handle().ingress_bytes_in_flight();
         bytes.held.store(held, Ordering::Release);
         bytes.taken.store(pushed, Ordering::Release);
+        bytes.envelopes_taken.store(envelopes, Ordering::Release);
         if let Poll::Ready(steps) = polled {
             self.clock_dirty = true;
             self.pruner.maybe_prune(self.node.engine_install_handle());
