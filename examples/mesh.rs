@@ -30,10 +30,12 @@
 use std::error::Error;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bb_ir::proto::onnx::{NodeProto, StringStringEntryProto};
-use bb_libp2p::{to_engine_peer, values, Address, Behaviour, Config, EngineStep, Event};
+use bb_libp2p::{to_engine_peer, values, Address, Behaviour, Config, EngineStep, Event, Metrics};
 use bytesandbrains::atomic::DispatchResult;
 use bytesandbrains::bus::OpError;
 use bytesandbrains::proto::onnx::ModelProto;
@@ -46,12 +48,17 @@ use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, Swarm};
+use prometheus_client::registry::Registry;
 use tokio::time::Instant;
+
+#[path = "common/metrics_endpoint.rs"]
+mod metrics_endpoint;
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
-/// What the dialer sends. Each must differ: a Node drops an inbound payload
-/// identical to one it received recently.
+/// What the dialer sends, each tagged with the end of the dialer's peer id:
+/// a Node (bytesandbrains 0.3.8) drops an inbound payload identical to one
+/// it took before, from anyone, so two dialers must not send equal bytes.
 const MESSAGES: [&str; 3] = ["hello", "from the dialer", "over libp2p"];
 
 /// How long the dialer waits for the connection, the replies and the close.
@@ -153,21 +160,36 @@ impl Transport {
 
 enum Mode {
     Demo(Transport),
-    Listen(Transport),
+    Listen(Listen),
     Dial(Multiaddr),
 }
 
+/// How `mesh listen` runs.
+struct Listen {
+    transport: Transport,
+    /// Serves Prometheus metrics here.
+    metrics: Option<SocketAddr>,
+    /// Exits once the first dialer has left, instead of at Ctrl-C.
+    once: bool,
+}
+
 const USAGE: &str = "usage: mesh [--transport tcp|quic]
-       mesh listen [--transport tcp|quic]
+       mesh listen [--transport tcp|quic] [--metrics <host:port>] [--once]
        mesh dial <multiaddr ending in /p2p/<peer id>>";
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode> {
     let mut listen = false;
     let mut dial = None;
     let mut transport = None;
+    let (mut metrics, mut once) = (None, false);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "listen" if !listen && dial.is_none() => listen = true,
+            "--metrics" if listen && metrics.is_none() => {
+                let address = args.next().ok_or("--metrics needs <host:port>")?;
+                metrics = Some(address.parse().map_err(|e| format!("{address}: {e}"))?);
+            }
+            "--once" if listen => once = true,
             "dial" if !listen && dial.is_none() => {
                 let address = args.next().ok_or("dial needs an address")?;
                 dial = Some(
@@ -187,7 +209,11 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode> {
         }
     }
     match (listen, dial, transport) {
-        (true, _, transport) => Ok(Mode::Listen(transport.unwrap_or(Transport::Tcp))),
+        (true, _, transport) => Ok(Mode::Listen(Listen {
+            transport: transport.unwrap_or(Transport::Tcp),
+            metrics,
+            once,
+        })),
         (false, Some(_), Some(_)) => {
             Err("dial takes its transport from the address, not --transport".into())
         }
@@ -205,9 +231,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    metrics_endpoint::init_logging();
     let result = match mode {
         Mode::Demo(transport) => demo(transport).await,
-        Mode::Listen(transport) => listen(transport).await,
+        Mode::Listen(options) => listen(options).await,
         Mode::Dial(address) => dial(address, "").await,
     };
     match result {
@@ -219,14 +246,32 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Serves one dialer: echoes what it sends until it disconnects.
-async fn listen(transport: Transport) -> Result<()> {
+/// Serves dialers, echoing what each sends, until Ctrl-C (or, with
+/// `--once`, until the first dialer has left).
+async fn listen(options: Listen) -> Result<()> {
     let (model, req) = compile()?;
+    let mut config = Config::default();
+    if let Some(address) = options.metrics {
+        let mut registry = Registry::default();
+        config = config.with_metrics(Metrics::new(&mut registry));
+        let bound = metrics_endpoint::serve(Arc::new(Mutex::new(registry)), address).await?;
+        // Stdout's first line is the listening address; this goes aside.
+        eprintln!("metrics on http://{bound}/metrics");
+    }
     // The listener receives on `req` (and sends the reply).
-    let mut swarm = build_swarm(model, &req.receiver, LISTENER_IDLE_TIMEOUT)?;
-    swarm.listen_on(transport.listen_address())?;
+    let mut swarm = build_swarm(model, &req.receiver, LISTENER_IDLE_TIMEOUT, config)?;
+    swarm.listen_on(options.transport.listen_address())?;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
-        match swarm.select_next_some().await {
+        let event = tokio::select! {
+            event = swarm.select_next_some() => event,
+            _ = &mut interrupted => {
+                println!("interrupted");
+                return Ok(());
+            }
+        };
+        match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let address = address
                     .with_p2p(*swarm.local_peer_id())
@@ -255,7 +300,9 @@ async fn listen(transport: Transport) -> Result<()> {
                 num_established: 0, ..
             } => {
                 println!("dialer disconnected");
-                return Ok(());
+                if options.once {
+                    return Ok(());
+                }
             }
             _ => {}
         }
@@ -271,7 +318,7 @@ async fn dial(address: Multiaddr, prefix: &str) -> Result<()> {
     let (model, req) = compile()?;
     // The dialer sends on `req` (and receives the reply).
     let sender = req.sender;
-    let mut swarm = build_swarm(model, &sender, DIALER_IDLE_TIMEOUT)?;
+    let mut swarm = build_swarm(model, &sender, DIALER_IDLE_TIMEOUT, Config::default())?;
     // The Node runs on its own engine thread; the handle reaches it from
     // this task (or any other).
     let node = swarm.behaviour().handle();
@@ -291,7 +338,10 @@ async fn dial(address: Multiaddr, prefix: &str) -> Result<()> {
     println!("{prefix}connected to {listener}");
 
     let peers = values::peers(&[listener]);
+    let me = swarm.local_peer_id().to_base58();
+    let tag = &me[me.len() - 6..];
     for message in MESSAGES {
+        let message = format!("{message} [{tag}]");
         let x = values::bytes(message.as_bytes());
         // The closure runs on the engine thread, so it owns what it uses.
         let (sender, peers) = (sender.clone(), peers.clone());
@@ -368,7 +418,7 @@ struct Listener {
 impl Listener {
     fn spawn(transport: Transport) -> Result<Self> {
         let mut child = Command::new(std::env::current_exe()?)
-            .args(["listen", "--transport", transport.name()])
+            .args(["listen", "--once", "--transport", transport.name()])
             .stdout(Stdio::piped())
             .spawn()?;
         let stdout = child.stdout.take().map(BufReader::new);
@@ -443,11 +493,13 @@ fn compile() -> Result<(ModelProto, bb_libp2p::ports::Port)> {
     Ok((model, req))
 }
 
-/// A swarm with a fresh identity whose behaviour runs `target` of `model`.
+/// A swarm with a fresh identity whose behaviour, configured by `config`,
+/// runs `target` of `model`.
 fn build_swarm(
     model: ModelProto,
     target: &str,
     idle_timeout: Duration,
+    config: Config,
 ) -> Result<Swarm<Behaviour>> {
     let key = Keypair::generate_ed25519();
     let me = to_engine_peer(&key.public().to_peer_id());
@@ -464,7 +516,7 @@ fn build_swarm(
                 bytesandbrains::Config::new(),
             )
         },
-        Config::default(),
+        config,
     )?;
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
