@@ -23,10 +23,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::error::Error;
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bb_libp2p::{ports, to_engine_peer, values, Address, Behaviour, Config, Event};
+use bb_libp2p::{ports, to_engine_peer, values, Address, Behaviour, Config, Event, Metrics};
 use bytesandbrains::proto::onnx::ModelProto;
 use bytesandbrains::{Compiler, Graph, Module};
 use libp2p::futures::StreamExt;
@@ -35,14 +37,18 @@ use libp2p::kad::{self, store::MemoryStore};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
+use prometheus_client::registry::Registry;
 use tokio::time::Instant;
+
+#[path = "common/metrics_endpoint.rs"]
+mod metrics_endpoint;
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
 /// How long a process waits to find the others, and then for each round.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-const USAGE: &str = "usage: average [--nodes N] [--value X] [--rounds R] [--bootstrap <address>]
+const USAGE: &str = "usage: average [--nodes N] [--value X] [--rounds R] [--bootstrap <address>] [--metrics <host:port>]
   with no arguments: runs three processes and checks that they agree";
 
 /// Sends `x` to `peers` on port `gossip`; the receiver outputs it as `heard`.
@@ -74,10 +80,12 @@ struct Options {
     value: f32,
     rounds: u32,
     bootstrap: Option<Multiaddr>,
+    metrics: Option<SocketAddr>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    metrics_endpoint::init_logging();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = if args.is_empty() {
         demo().await
@@ -105,6 +113,7 @@ fn parse(args: &[String]) -> Result<Options> {
         value: 0.0,
         rounds: 3,
         bootstrap: None,
+        metrics: None,
     };
     let mut args = args.iter();
     while let Some(flag) = args.next() {
@@ -114,6 +123,7 @@ fn parse(args: &[String]) -> Result<Options> {
             "--value" => options.value = value.parse()?,
             "--rounds" => options.rounds = value.parse()?,
             "--bootstrap" => options.bootstrap = Some(value.parse()?),
+            "--metrics" => options.metrics = Some(value.parse()?),
             other => return Err(format!("unknown option {other}").into()),
         }
     }
@@ -132,7 +142,14 @@ async fn run(options: Options) -> Result<()> {
     bytesandbrains::ops::link_force();
     let model = Compiler::new().compile(Gossip.build()?)?;
     let gossip = ports::port(&model, "gossip")?;
-    let mut swarm = build_swarm(model, &[&gossip.sender, &gossip.receiver])?;
+    let mut config = Config::default();
+    if let Some(address) = options.metrics {
+        let mut registry = Registry::default();
+        config = config.with_metrics(Metrics::new(&mut registry));
+        let bound = metrics_endpoint::serve(Arc::new(Mutex::new(registry)), address).await?;
+        eprintln!("metrics on http://{bound}/metrics");
+    }
+    let mut swarm = build_swarm(model, &[&gossip.sender, &gossip.receiver], config)?;
     swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
     if let Some(address) = &options.bootstrap {
         let Some(Protocol::P2p(peer)) = address.iter().last() else {
@@ -281,7 +298,7 @@ fn found(swarm: &mut Swarm<Mesh>) -> Vec<PeerId> {
     peers
 }
 
-fn build_swarm(model: ModelProto, targets: &[&str]) -> Result<Swarm<Mesh>> {
+fn build_swarm(model: ModelProto, targets: &[&str], config: Config) -> Result<Swarm<Mesh>> {
     let key = Keypair::generate_ed25519();
     let peer = key.public().to_peer_id();
     let me = to_engine_peer(&peer);
@@ -299,7 +316,7 @@ fn build_swarm(model: ModelProto, targets: &[&str]) -> Result<Swarm<Mesh>> {
                 bytesandbrains::Config::new(),
             )
         },
-        Config::default(),
+        config,
     )?;
     let mut kad = kad::Behaviour::new(peer, MemoryStore::new(peer));
     // On loopback nothing confirms an external address; answer queries anyway.

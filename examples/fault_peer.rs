@@ -13,6 +13,9 @@
 //!     [--restore-graphs]
 //! ```
 //!
+//! Both roles take `--metrics <host:port>` to serve Prometheus metrics at
+//! `http://<host:port>/metrics` while they run.
+//!
 //! `receive` prints its full `/p2p` multiaddr first, then a JSON line each
 //! second and a last one (`"final":true`) on SIGTERM or SIGINT (or when its
 //! stdin closes, with `--until-stdin-closes`): the distinct values its engine
@@ -46,14 +49,20 @@ use std::error::Error;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io::Read;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bb_libp2p::{
-    to_engine_peer, Address, Behaviour, Config, EngineStep, Event, Node, NodeHandle, NodeSnapshot,
-    WireEnvelope,
+    to_engine_peer, Address, Behaviour, Config, EngineStep, Event, Metrics, Node, NodeHandle,
+    NodeSnapshot, WireEnvelope,
 };
+use prometheus_client::registry::Registry;
+
+#[path = "common/metrics_endpoint.rs"]
+mod metrics_endpoint;
 use bytesandbrains::proto::onnx::ModelProto;
 use bytesandbrains::syscall::values::{BytesValue, PeerIdVecValue};
 use bytesandbrains::{Compiler, Graph, Module};
@@ -93,7 +102,8 @@ const USAGE: &str =
                        [--snapshot-to FILE] [--restore-from FILE] [--stop-after SECS] [--size BYTES]
                        [--request-timeout SECS] [--drain-timeout SECS] [--max-in-flight N]
                        [--wire-deadlines]
-                       [--restore-graphs]";
+                       [--restore-graphs]
+       either role: [--metrics <host:port>]";
 
 /// The sender sends `x` to `peers`; the receiver outputs it as `y`.
 struct Ping;
@@ -149,17 +159,27 @@ struct Common {
     request_timeout: Duration,
     wire_deadlines: bool,
     max_in_flight: Option<usize>,
+    /// Serves Prometheus metrics here.
+    metrics: Option<SocketAddr>,
 }
 
 impl Common {
-    fn config(&self) -> Config {
-        let config = Config::default()
+    /// The behaviour's configuration; with `--metrics`, its metrics are
+    /// served from now on (the address goes to stderr).
+    async fn config(&self) -> Result<Config> {
+        let mut config = Config::default()
             .with_request_timeout(self.request_timeout)
             .with_wire_deadlines(self.wire_deadlines);
-        match self.max_in_flight {
-            Some(envelopes) => config.with_max_envelopes_in_flight(envelopes),
-            None => config,
+        if let Some(envelopes) = self.max_in_flight {
+            config = config.with_max_envelopes_in_flight(envelopes);
         }
+        if let Some(address) = self.metrics {
+            let mut registry = Registry::default();
+            config = config.with_metrics(Metrics::new(&mut registry));
+            let bound = metrics_endpoint::serve(Arc::new(Mutex::new(registry)), address).await?;
+            eprintln!("metrics on http://{bound}/metrics");
+        }
+        Ok(config)
     }
 
     /// The transport `address` uses, which `--transport` must agree with.
@@ -206,6 +226,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(Role, Common)> 
         request_timeout: Duration::from_secs(5),
         wire_deadlines: false,
         max_in_flight: None,
+        metrics: None,
     };
     let (mut listen, mut dial, mut count, mut rate) = (None, None, None, None);
     let (mut until_stdin_closes, mut restore_graphs) = (false, false);
@@ -228,6 +249,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(Role, Common)> 
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--transport" => common.transport = Some(Transport::parse(&value)?),
+            "--metrics" => common.metrics = Some(value.parse()?),
             "--listen" => listen = Some(value.parse::<Multiaddr>()?),
             "--dial" => dial = Some(value.parse::<Multiaddr>()?),
             "--count" => count = Some(value.parse::<u64>()?),
@@ -293,6 +315,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    metrics_endpoint::init_logging();
     let result = match role {
         Role::Receive(args) => receive(args, common, stop).await,
         Role::Send(args) => send(args, common, stop).await,
@@ -334,7 +357,10 @@ async fn receive(args: ReceiveArgs, common: Common, stop: impl Future<Output = (
     common.transport_of(&args.listen)?;
     let (model, targets) = compile()?;
     let key = Keypair::generate_ed25519();
-    let behaviour = Behaviour::new(install(&key, model, targets[1].clone()), common.config())?;
+    let behaviour = Behaviour::new(
+        install(&key, model, targets[1].clone()),
+        common.config().await?,
+    )?;
     let mut swarm = build_swarm(key, behaviour)?;
     let node = swarm.behaviour().handle();
     swarm.listen_on(args.listen.clone())?;
@@ -637,7 +663,7 @@ async fn send(args: SendArgs, common: Common, stop: impl Future<Output = ()>) ->
             }
             Ok(node)
         },
-        common.config(),
+        common.config().await?,
     )?;
     let mut swarm = build_swarm(key.clone(), behaviour)?;
     let node = swarm.behaviour().handle();

@@ -29,8 +29,8 @@
 
 use std::error::Error;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
 use std::net::SocketAddr;
+use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -29,21 +29,28 @@
 //! (shards skewed by label), `--samples S` (8000 training samples, and a
 //! quarter as many held out), `--seed X`, `--round-deadline-ms T` (2000),
 //! `--kill-client-after-round K` (the coordinator kills its last client
-//! after round K: later rounds go on with the others), `--plot PATH`.
+//! after round K: later rounds go on with the others), `--plot PATH`,
+//! `--metrics <host:port>` (Prometheus metrics at
+//! `http://<host:port>/metrics`: the coordinator's on that port, client k's
+//! on the port plus k; with port 0 each picks a free one, and every process
+//! prints its address to stderr).
 
 mod fed;
+#[path = "../common/metrics_endpoint.rs"]
+mod metrics_endpoint;
 mod ml;
 mod registry;
 mod round;
 
 use std::error::Error;
 use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bb_libp2p::{Behaviour, Config, Event, Node, NodeHandle};
+use bb_libp2p::{Behaviour, Config, Event, Metrics, Node, NodeHandle};
 use bb_runtime::engine::EngineStep;
 use fed::Federation;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -53,6 +60,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, Swarm};
 use ml::Dataset;
+use prometheus_client::registry::Registry;
 use round::{Missing, Round, RoundReport};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -75,7 +83,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 const USAGE: &str =
     "usage: federated [--clients N] [--rounds R] [--cohort M] [--transport tcp|quic]
                  [--non-iid] [--samples S] [--seed X] [--round-deadline-ms T]
-                 [--kill-client-after-round K] [--plot PATH]";
+                 [--kill-client-after-round K] [--plot PATH] [--metrics <host:port>]";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Transport {
@@ -139,12 +147,14 @@ struct Options {
     round_deadline: Duration,
     kill_after: Option<u64>,
     plot: PathBuf,
+    metrics: Option<SocketAddr>,
 }
 
 enum Mode {
     Coordinator(Options),
-    /// A client process: the coordinator's address and the client's index.
-    Client(Task, Multiaddr, usize),
+    /// A client process: the coordinator's address, the client's index and
+    /// where it serves its metrics.
+    Client(Task, Multiaddr, usize, Option<SocketAddr>),
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode> {
@@ -162,6 +172,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode> {
         round_deadline: Duration::from_millis(2000),
         kill_after: None,
         plot: "federated.svg".into(),
+        metrics: None,
     };
     let mut client = false;
     let mut coordinator = None;
@@ -193,6 +204,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode> {
             }
             "--kill-client-after-round" => options.kill_after = Some(value(&arg, args.next())?),
             "--plot" => options.plot = value(&arg, args.next())?,
+            "--metrics" => options.metrics = Some(value(&arg, args.next())?),
             // Hidden: how the coordinator starts its clients.
             "client" => client = true,
             "--coordinator" => coordinator = Some(value::<Multiaddr>(&arg, args.next())?),
@@ -206,7 +218,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode> {
     options.task = task.clone();
     match (client, coordinator, index) {
         (true, Some(address), Some(index)) if index < task.clients => {
-            Ok(Mode::Client(task, address, index))
+            Ok(Mode::Client(task, address, index, options.metrics))
         }
         (false, None, None) => Ok(Mode::Coordinator(options)),
         _ => Err("a client takes client --coordinator <address> --index <i>".into()),
@@ -222,9 +234,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    metrics_endpoint::init_logging();
     let result = match mode {
         Mode::Coordinator(options) => coordinate(options).await,
-        Mode::Client(task, address, index) => client(task, address, index).await,
+        Mode::Client(task, address, index, metrics) => client(task, address, index, metrics).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -236,12 +249,23 @@ async fn main() -> ExitCode {
 }
 
 /// A swarm on TCP and QUIC whose behaviour runs the Node `make_node` builds
-/// on an engine thread.
-fn build_swarm<F>(key: Keypair, make_node: F) -> Result<Swarm<Behaviour>>
+/// on an engine thread; with `metrics`, its metrics are served there.
+async fn build_swarm<F>(
+    key: Keypair,
+    make_node: F,
+    metrics: Option<SocketAddr>,
+) -> Result<Swarm<Behaviour>>
 where
     F: FnOnce() -> std::result::Result<Node, std::convert::Infallible> + Send + 'static,
 {
-    let behaviour = Behaviour::new(make_node, Config::default())?;
+    let mut config = Config::default();
+    if let Some(address) = metrics {
+        let mut registry = Registry::default();
+        config = config.with_metrics(Metrics::new(&mut registry));
+        let bound = metrics_endpoint::serve(Arc::new(Mutex::new(registry)), address).await?;
+        eprintln!("metrics on http://{bound}/metrics");
+    }
+    let behaviour = Behaviour::new(make_node, config)?;
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -257,7 +281,12 @@ where
 
 /// A client: joins the coordinator at `address`, then trains whenever it
 /// is sampled, until the coordinator disconnects.
-async fn client(task: Task, address: Multiaddr, index: usize) -> Result<()> {
+async fn client(
+    task: Task,
+    address: Multiaddr,
+    index: usize,
+    metrics: Option<SocketAddr>,
+) -> Result<()> {
     let Some(Protocol::P2p(coordinator)) = address.iter().last() else {
         return Err(format!("{address} does not end in /p2p/<peer id>").into());
     };
@@ -268,7 +297,7 @@ async fn client(task: Task, address: Multiaddr, index: usize) -> Result<()> {
     let (mut shards, _) = task.data();
     let shard = shards.swap_remove(index);
     let make_node = Arc::new(Federation::new(&coordinator)).make_client(&key, shard);
-    let mut swarm = build_swarm(key, make_node)?;
+    let mut swarm = build_swarm(key, make_node, metrics).await?;
     // The bootstrap's Announce waits for this connection: the `/p2p`
     // suffix tells the swarm which peer the dial is for.
     swarm.dial(address.clone())?;
@@ -312,18 +341,26 @@ struct Clients {
 impl Clients {
     /// Starts `task.clients` copies of this program as clients of the
     /// coordinator at `address`; returns once each has said who it is.
-    fn spawn(task: &Task, address: &Multiaddr) -> Result<Self> {
+    /// With `metrics`, client k serves its metrics on the port after it
+    /// plus k (or a free one, for port 0).
+    fn spawn(task: &Task, address: &Multiaddr, metrics: Option<SocketAddr>) -> Result<Self> {
         let mut clients = Self {
             children: Vec::new(),
             peers: Vec::new(),
         };
         for index in 0..task.clients {
-            let child = Command::new(std::env::current_exe()?)
+            let mut command = Command::new(std::env::current_exe()?);
+            command
                 .args(["client", "--coordinator", &address.to_string()])
                 .args(["--index", &index.to_string()])
-                .args(task.args())
-                .stdout(Stdio::piped())
-                .spawn()?;
+                .args(task.args());
+            if let Some(mut at) = metrics {
+                if at.port() != 0 {
+                    at.set_port(at.port() + 1 + index as u16);
+                }
+                command.args(["--metrics", &at.to_string()]);
+            }
+            let child = command.stdout(Stdio::piped()).spawn()?;
             clients.children.push(child);
         }
         for (index, child) in clients.children.iter_mut().enumerate() {
@@ -393,7 +430,12 @@ async fn coordinate(options: Options) -> Result<()> {
     let key = Keypair::generate_ed25519();
     let me = key.public().to_peer_id();
     let federation = Arc::new(Federation::new(&me));
-    let mut swarm = build_swarm(key.clone(), federation.make_coordinator(&key))?;
+    let mut swarm = build_swarm(
+        key.clone(),
+        federation.make_coordinator(&key),
+        options.metrics,
+    )
+    .await?;
     let node = swarm.behaviour().handle();
     swarm.listen_on(options.transport.listen_address())?;
     let address = loop {
@@ -403,7 +445,7 @@ async fn coordinate(options: Options) -> Result<()> {
     };
     println!("coordinator listening on {address}");
 
-    let mut clients = Clients::spawn(&options.task, &address)?;
+    let mut clients = Clients::spawn(&options.task, &address, options.metrics)?;
     join(&mut swarm, &node, &clients).await?;
 
     let cohort = options.cohort.unwrap_or(options.task.clients as u32);
