@@ -534,10 +534,14 @@ impl NetworkBehaviour for Behaviour {
                 self.on_outcome(outcome);
                 continue;
             }
-            // 4. The engine thread: envelopes to send, events.
-            if let Poll::Ready(output) = self.engine.poll(cx) {
-                self.on_engine(output);
-                continue;
+            // 4. The engine thread: envelopes to send, events; none while
+            // the outbound side is full (an ending envelope wakes this
+            // task, and the engine holds its envelopes meanwhile).
+            if self.outbound.has_room() {
+                if let Poll::Ready(output) = self.engine.poll(cx) {
+                    self.on_engine(output);
+                    continue;
+                }
             }
             // 5. Nothing more for now: what is held, for the gauges.
             self.report_levels();

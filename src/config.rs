@@ -38,9 +38,13 @@ impl Default for Config {
     /// - concurrent streams: 100 per connection, request-response's default.
     /// - envelopes in flight: 256 sent and not yet acknowledged, across all
     ///   peers; more wait in the queue.
-    /// - queued envelopes: 1024; past that the oldest fails with
-    ///   `"queue_full"`, so a sender outpacing its peers holds bounded
-    ///   memory.
+    /// - queued envelopes: 1024. Once the envelopes in flight and queued
+    ///   reach both bounds together, the behaviour takes no more from the
+    ///   engine until one ends: the engine holds them (its own outbound
+    ///   queue, 10,000 by default, drops its oldest past that and says so
+    ///   with `OutboundDropped`). A sender outpacing its peers slows down,
+    ///   with bounded memory, instead of failing envelopes to healthy
+    ///   peers.
     /// - inbound envelopes waiting in the engine's ingress: unset, meaning
     ///   the ingress's own capacity (4096 events by default); past it
     ///   peers are answered "busy".
@@ -101,11 +105,11 @@ impl Config {
         self
     }
 
-    /// Sets how many outbound envelopes may wait to be sent (at least 1);
-    /// when full, the oldest fails with
-    /// [`SendFailure::QueueFull`](crate::SendFailure::QueueFull). An
-    /// envelope a busy peer refused waits for its retry in the queue
-    /// without evicting another: it was in flight a moment ago.
+    /// Sets how many outbound envelopes may wait to be sent (at least 1).
+    /// When in flight and queued together reach both bounds, the behaviour
+    /// takes no more envelopes from the engine until one ends. An envelope
+    /// a busy peer refused waits for its retry in the queue: it was in
+    /// flight a moment ago.
     pub fn with_max_queued_envelopes(mut self, envelopes: usize) -> Self {
         self.max_queued_envelopes = envelopes.max(1);
         self

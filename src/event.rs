@@ -203,13 +203,6 @@ pub enum SendFailure {
         /// Time left until the next attempt is allowed.
         retry_in: Duration,
     },
-    /// The outbound queue was full (the in-flight bound was reached, or
-    /// peers were busy); this, its oldest envelope, made room for a newer
-    /// one.
-    QueueFull {
-        /// Envelopes queued.
-        queued: usize,
-    },
     /// The envelope's `remaining_deadline_ns` ran out before it was
     /// acknowledged: while it waited in this behaviour's queue (then it was
     /// not sent), or on the wire (a late acknowledgement is ignored).
@@ -237,7 +230,6 @@ impl SendFailure {
             SendFailure::Rejected(_) => "nak",
             SendFailure::Denied(_) => "denied",
             SendFailure::Backoff { .. } => "backoff",
-            SendFailure::QueueFull { .. } => "queue_full",
             SendFailure::DeadlineExceeded { .. } => "deadline",
         }
     }
@@ -295,9 +287,6 @@ impl fmt::Display for SendFailure {
             SendFailure::Denied(d) => write!(f, "peer denied: {d}"),
             SendFailure::Backoff { retry_in } => {
                 write!(f, "peer unreachable, next attempt in {retry_in:?}")
-            }
-            SendFailure::QueueFull { queued } => {
-                write!(f, "outbound queue full ({queued} envelopes)")
             }
             SendFailure::DeadlineExceeded { budget } => {
                 write!(f, "waited longer than its deadline of {budget:?}")

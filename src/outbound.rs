@@ -299,31 +299,24 @@ impl Outbound {
         Some(outgoing)
     }
 
-    /// Queues `outgoing`. What this side holds, in flight and queued, is
-    /// bounded by both bounds together: an in-flight slot a waiting peer
-    /// cannot use holds an envelope in the queue instead. Past that the
-    /// oldest queued envelope fails. A retry goes first and evicts nothing:
-    /// it was on the wire a moment ago, so what this side holds does not
-    /// grow.
+    /// Whether this side may take another envelope. What it holds, in
+    /// flight and queued, is bounded by both bounds together (an in-flight
+    /// slot a waiting peer cannot use holds an envelope in the queue
+    /// instead); once that is reached the behaviour takes no more envelopes
+    /// from the engine until an envelope ends, and the engine holds them.
+    pub(crate) fn has_room(&self) -> bool {
+        self.in_flight.len() + self.outbox.len() < self.max_in_flight + self.max_queued
+    }
+
+    /// Queues `outgoing`. A retry goes first: it was on the wire a moment
+    /// ago, so what this side holds does not grow.
     fn queue(&mut self, outgoing: Outgoing, retry: bool) {
-        let full = self.in_flight.len() + self.outbox.len() >= self.max_in_flight + self.max_queued;
-        let evicted = if retry {
+        if retry {
             self.outbox.push_retry(outgoing);
-            None
         } else {
-            let evicted = full.then(|| self.outbox.pop_oldest()).flatten();
             self.outbox.push(outgoing);
-            evicted
-        };
-        self.outbox_changed = true;
-        if let Some(dropped) = evicted {
-            let queued = self.outbox.len();
-            self.outcomes.push_back(Outcome::Failed {
-                peer: Some(dropped.peer),
-                wire_req_id: dropped.wire_req_id,
-                reason: SendFailure::QueueFull { queued },
-            });
         }
+        self.outbox_changed = true;
     }
 
     /// Puts an envelope on the wire, charging the time it waited here

@@ -1,7 +1,7 @@
 //! Envelopes waiting to go out: for room under the in-flight bound, or for
 //! a peer's back-off (it said it is busy) to pass.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,11 +41,6 @@ impl Outbox {
         self.queue.push_back(outgoing);
     }
 
-    /// Takes the envelope that has waited longest.
-    pub(crate) fn pop_oldest(&mut self) -> Option<Outgoing> {
-        self.queue.pop_front()
-    }
-
     /// Queues a retry ahead of the others: it keeps its place in its peer's
     /// order.
     pub(crate) fn push_retry(&mut self, outgoing: Outgoing) {
@@ -61,18 +56,26 @@ impl Outbox {
         mut may_send: impl FnMut(&PeerId) -> bool,
     ) -> Vec<Outgoing> {
         let mut ready = Vec::new();
-        let mut held = Vec::new();
+        if room == 0 {
+            return ready;
+        }
+        // Peers passed over: a set, since a queue may hold envelopes for a
+        // thousand peers.
+        let mut held = HashSet::new();
         let mut kept = VecDeque::with_capacity(self.queue.len());
         while let Some(outgoing) = self.queue.pop_front() {
-            if ready.len() < room && !held.contains(&outgoing.peer) && may_send(&outgoing.peer) {
+            if !held.contains(&outgoing.peer) && may_send(&outgoing.peer) {
                 ready.push(outgoing);
-            } else {
-                if !held.contains(&outgoing.peer) {
-                    held.push(outgoing.peer);
+                if ready.len() == room {
+                    break;
                 }
+            } else {
+                held.insert(outgoing.peer);
                 kept.push_back(outgoing);
             }
         }
+        // What was not looked at keeps its place after what was passed over.
+        kept.append(&mut self.queue);
         self.queue = kept;
         ready
     }
@@ -116,16 +119,14 @@ mod tests {
     }
 
     #[test]
-    fn oldest_out_and_retries_first() {
+    fn first_in_first_out_and_retries_first() {
         let p = PeerId::random();
         let mut outbox = Outbox::default();
-        outbox.push(out(p, 1));
         outbox.push(out(p, 2));
         outbox.push(out(p, 3));
-        assert_eq!(outbox.pop_oldest().and_then(|o| o.wire_req_id), Some(1));
-        outbox.push_retry(out(p, 0));
+        outbox.push_retry(out(p, 1));
         assert_eq!(outbox.len(), 3);
-        assert_eq!(ids(&outbox.take_ready(9, |_| true)), [0, 2, 3]);
+        assert_eq!(ids(&outbox.take_ready(9, |_| true)), [1, 2, 3]);
     }
 
     #[test]

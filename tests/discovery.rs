@@ -87,11 +87,12 @@ async fn drive_until(
     mut done: impl FnMut(&mut [&mut Swarm<Behaviour>], &Observed) -> Result<(), String>,
 ) {
     let deadline = Instant::now() + timeout;
+    // Each check asks engine threads and the first turn of each round polls
+    // every swarm: with many swarms, check less often, so the checks do not
+    // grow the time they measure.
+    let round = Duration::from_millis((swarms.len() as u64 / 10).max(10));
     loop {
-        run_for(swarms, Duration::from_millis(10), |i, e| {
-            observed.record(i, e)
-        })
-        .await;
+        run_for(swarms, round, |i, e| observed.record(i, e)).await;
         match done(swarms, observed) {
             Ok(()) => return,
             Err(state) if Instant::now() >= deadline => {
@@ -212,11 +213,53 @@ async fn a_client_joins_the_registry_over_libp2p() {
     assert!(observed.got.is_empty());
 }
 
+/// What forming a registry mesh of `nodes` Nodes took.
+struct Figures {
+    nodes: usize,
+    formed: Duration,
+    heap_kib: u64,
+    rss_kib: Option<u64>,
+}
+
+impl Figures {
+    fn print(&self) {
+        let n = self.nodes as u64;
+        eprintln!(
+            "{} nodes: formed in {} ms ({:.2} ms per node), {} KiB heap per node{}",
+            self.nodes,
+            self.formed.as_millis(),
+            self.formed.as_secs_f64() * 1000.0 / n as f64,
+            self.heap_kib / n,
+            self.rss_kib
+                .map(|r| format!(", {} KiB RSS per node", r / n))
+                .unwrap_or_default()
+        );
+    }
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn fifty_node_registry_mesh() {
-    const CLIENTS: usize = 49;
-    const SAMPLE: usize = 10;
     let _heap = HEAP.lock().await;
+    registry_mesh(49, 10).await.print();
+}
+
+/// 100, 300 and 1,000 Nodes, each mesh formed completely, with the time and
+/// memory per Node printed. Release only (a debug build takes minutes):
+/// `cargo test --release --test discovery -- --ignored --nocapture`.
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "release only: cargo test --release --test discovery -- --ignored --nocapture"]
+async fn registry_meshes_of_100_300_and_1000_nodes() {
+    let _heap = HEAP.lock().await;
+    for nodes in [100, 300, 1000] {
+        registry_mesh(nodes - 1, 10).await.print();
+    }
+}
+
+/// A registry and `client_count` clients on the memory transport, two engine
+/// threads: every client joins and is handshaken, with no envelope failing
+/// on the way, and a value the registry sends to a sample of `sample`
+/// arrives at exactly that sample.
+async fn registry_mesh(client_count: usize, sample: usize) -> Figures {
     // The 50 Nodes share two engine threads, started before the baseline:
     // the figures below are the Nodes' and their swarms'.
     let pool = EnginePool::new(2).expect("engine threads");
@@ -226,11 +269,11 @@ async fn fifty_node_registry_mesh() {
 
     let registry_key = Keypair::generate_ed25519();
     let registry_peer = registry_key.public().to_peer_id();
-    let d = Arc::new(deployment(&registry_peer, SAMPLE as u32));
+    let d = Arc::new(deployment(&registry_peer, sample as u32));
     let mut swarms = vec![registry_swarm(&registry_key, &d, Some(&pool))];
     let registry_addr = listen(&mut swarms[0]).await;
     let mut clients = HashSet::new();
-    for _ in 0..CLIENTS {
+    for _ in 0..client_count {
         let key = Keypair::generate_ed25519();
         clients.insert(key.public().to_peer_id());
         let mut swarm = client_swarm(&key, &d, Some(&pool));
@@ -248,18 +291,21 @@ async fn fifty_node_registry_mesh() {
 
     let mut observed = Observed::default();
     let mut refs: Vec<&mut Swarm<Behaviour>> = swarms.iter_mut().collect();
+    // A client once handshaken stays so; the check asks each engine thread
+    // only about clients still waiting, so it costs less as the mesh forms.
+    let mut waiting: Vec<usize> = (1..=client_count).collect();
     drive_until(
         &mut refs,
         &mut observed,
-        Duration::from_secs(30),
+        Duration::from_secs(30 + client_count as u64 / 10),
         "every client in the registry's view",
         |swarms, _| {
             let view = on_node(swarms[0], registry_view);
-            let waiting = swarms[1..]
-                .iter()
-                .map(|s| !handshaken(s))
-                .filter(|&w| w)
-                .count();
+            // Clients are asked only once the registry knows them all.
+            if view == clients {
+                waiting.retain(|&i| !handshaken(swarms[i]));
+            }
+            let waiting = waiting.len();
             let in_flight: usize = swarms
                 .iter()
                 .map(|s| s.behaviour().envelopes_in_flight())
@@ -267,7 +313,7 @@ async fn fifty_node_registry_mesh() {
             (view == clients && waiting == 0 && in_flight == 0)
                 .then_some(())
                 .ok_or(format!(
-                    "{} of {CLIENTS} in the view ({} unknown), {waiting} clients without a \
+                    "{} of {client_count} in the view ({} unknown), {waiting} clients without a \
                      Handshake, {in_flight} envelopes in flight",
                     view.intersection(&clients).count(),
                     view.difference(&clients).count(),
@@ -278,7 +324,7 @@ async fn fifty_node_registry_mesh() {
     let formed = started.elapsed();
     let heap_formed = live();
     let rss_formed = vm_rss_kib();
-    for i in 1..=CLIENTS {
+    for i in 1..=client_count {
         assert!(
             observed.acked_by(i).contains(&registry_peer),
             "client {i}'s Announce was not acknowledged"
@@ -302,10 +348,10 @@ async fn fifty_node_registry_mesh() {
         "the sampled clients' outputs",
         |_, observed| {
             let got = observed.got.len();
-            (got >= SAMPLE && observed.acked_by(0).len() >= SAMPLE)
+            (got >= sample && observed.acked_by(0).len() >= sample)
                 .then_some(())
                 .ok_or(format!(
-                    "{got} of {SAMPLE} outputs, {} acknowledgements",
+                    "{got} of {sample} outputs, {} acknowledgements",
                     observed.acked_by(0).len()
                 ))
         },
@@ -320,8 +366,8 @@ async fn fifty_node_registry_mesh() {
 
     let peer_of = |i: usize| *refs[i].local_peer_id();
     let receivers: HashSet<PeerId> = observed.got.iter().map(|(i, _)| peer_of(*i)).collect();
-    assert_eq!(observed.got.len(), SAMPLE, "outputs: {:?}", observed.got);
-    assert_eq!(receivers.len(), SAMPLE, "one output per sampled client");
+    assert_eq!(observed.got.len(), sample, "outputs: {:?}", observed.got);
+    assert_eq!(receivers.len(), sample, "one output per sampled client");
     assert!(
         observed.got.iter().all(|(i, _)| *i != 0),
         "the registry output the value itself"
@@ -336,11 +382,11 @@ async fn fifty_node_registry_mesh() {
     );
     assert!(receivers.is_subset(&clients));
 
-    let nodes = CLIENTS + 1;
+    let nodes = client_count + 1;
     let heap = heap_formed.saturating_sub(heap_before) as u64 / 1024;
     eprintln!(
         "{nodes} nodes: swarms built in {} ms, registry view complete in {} ms ({:.1} ms per node); \
-         broadcast to {SAMPLE} sampled clients in {} ms",
+         broadcast to {sample} sampled clients in {} ms",
         built.as_millis(),
         formed.as_millis(),
         formed.as_secs_f64() * 1000.0 / nodes as f64,
@@ -361,4 +407,10 @@ async fn fifty_node_registry_mesh() {
         "{nodes} nodes: {} WireTimeout steps (one-way sends nothing answers)",
         observed.wire_timeouts
     );
+    Figures {
+        nodes,
+        formed,
+        heap_kib: heap,
+        rss_kib: rss_before.zip(rss_formed).map(|(b, a)| a.saturating_sub(b)),
+    }
 }
