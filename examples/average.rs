@@ -25,10 +25,9 @@ use std::error::Error;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bb_libp2p::{ports, to_engine_peer, values, Address, Behaviour, Config, Event, Metrics};
+use bb_libp2p::{ports, to_engine_peer, values, Address, Behaviour, Config, Event};
 use bytesandbrains::proto::onnx::ModelProto;
 use bytesandbrains::{Compiler, Graph, Module};
 use libp2p::futures::StreamExt;
@@ -37,7 +36,6 @@ use libp2p::kad::{self, store::MemoryStore};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
-use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
 #[path = "common/metrics_endpoint.rs"]
@@ -142,13 +140,7 @@ async fn run(options: Options) -> Result<()> {
     bytesandbrains::ops::link_force();
     let model = Compiler::new().compile(Gossip.build()?)?;
     let gossip = ports::port(&model, "gossip")?;
-    let mut config = Config::default();
-    if let Some(address) = options.metrics {
-        let mut registry = Registry::default();
-        config = config.with_metrics(Metrics::new(&mut registry));
-        let bound = metrics_endpoint::serve(Arc::new(Mutex::new(registry)), address).await?;
-        eprintln!("metrics on http://{bound}/metrics");
-    }
+    let config = metrics_endpoint::with_metrics(Config::default(), options.metrics).await?;
     let mut swarm = build_swarm(model, &[&gossip.sender, &gossip.receiver], config)?;
     swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
     if let Some(address) = &options.bootstrap {

@@ -52,14 +52,12 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bb_libp2p::{
-    to_engine_peer, Address, Behaviour, Config, EngineStep, Event, Metrics, Node, NodeHandle,
-    NodeSnapshot, WireEnvelope,
+    to_engine_peer, Address, Behaviour, Config, EngineStep, Event, Node, NodeHandle, NodeSnapshot,
+    WireEnvelope,
 };
-use prometheus_client::registry::Registry;
 
 #[path = "common/metrics_endpoint.rs"]
 mod metrics_endpoint;
@@ -173,13 +171,7 @@ impl Common {
         if let Some(envelopes) = self.max_in_flight {
             config = config.with_max_envelopes_in_flight(envelopes);
         }
-        if let Some(address) = self.metrics {
-            let mut registry = Registry::default();
-            config = config.with_metrics(Metrics::new(&mut registry));
-            let bound = metrics_endpoint::serve(Arc::new(Mutex::new(registry)), address).await?;
-            eprintln!("metrics on http://{bound}/metrics");
-        }
-        Ok(config)
+        Ok(metrics_endpoint::with_metrics(config, self.metrics).await?)
     }
 
     /// The transport `address` uses, which `--transport` must agree with.

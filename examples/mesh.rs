@@ -31,11 +31,10 @@ use std::error::Error;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bb_ir::proto::onnx::{NodeProto, StringStringEntryProto};
-use bb_libp2p::{to_engine_peer, values, Address, Behaviour, Config, EngineStep, Event, Metrics};
+use bb_libp2p::{to_engine_peer, values, Address, Behaviour, Config, EngineStep, Event};
 use bytesandbrains::atomic::DispatchResult;
 use bytesandbrains::bus::OpError;
 use bytesandbrains::proto::onnx::ModelProto;
@@ -48,7 +47,6 @@ use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, Swarm};
-use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
 #[path = "common/metrics_endpoint.rs"]
@@ -250,14 +248,9 @@ async fn main() -> ExitCode {
 /// `--once`, until the first dialer has left).
 async fn listen(options: Listen) -> Result<()> {
     let (model, req) = compile()?;
-    let mut config = Config::default();
-    if let Some(address) = options.metrics {
-        let mut registry = Registry::default();
-        config = config.with_metrics(Metrics::new(&mut registry));
-        let bound = metrics_endpoint::serve(Arc::new(Mutex::new(registry)), address).await?;
-        // Stdout's first line is the listening address; this goes aside.
-        eprintln!("metrics on http://{bound}/metrics");
-    }
+    // Stdout's first line is the listening address; the metrics' goes to
+    // stderr.
+    let config = metrics_endpoint::with_metrics(Config::default(), options.metrics).await?;
     // The listener receives on `req` (and sends the reply).
     let mut swarm = build_swarm(model, &req.receiver, LISTENER_IDLE_TIMEOUT, config)?;
     swarm.listen_on(options.transport.listen_address())?;

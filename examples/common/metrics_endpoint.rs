@@ -3,6 +3,9 @@
 //!
 //! axum (over hyper) does the HTTP: it is what rust-libp2p's own metrics
 //! example uses, and it runs on the tokio runtime the examples already have.
+//!
+//! Each example, and `tests/metrics.rs`, uses part of it.
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -51,9 +54,26 @@ pub async fn serve(
     Ok(bound)
 }
 
+/// `config` recording its metrics in a registry of its own, served at
+/// `http://<address>/metrics` from now on (the address bound goes to
+/// stderr: stdout may be what another process reads); `config` as it is
+/// without an address.
+pub async fn with_metrics(
+    config: bb_libp2p::Config,
+    address: Option<SocketAddr>,
+) -> std::io::Result<bb_libp2p::Config> {
+    let Some(address) = address else {
+        return Ok(config);
+    };
+    let mut registry = Registry::default();
+    let config = config.with_metrics(bb_libp2p::Metrics::new(&mut registry));
+    let bound = serve(Arc::new(Mutex::new(registry)), address).await?;
+    eprintln!("metrics on http://{bound}/metrics");
+    Ok(config)
+}
+
 /// Logs to stderr as `RUST_LOG` says (nothing when it is unset), e.g.
 /// `RUST_LOG=bb_libp2p=debug`.
-#[allow(dead_code)]
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

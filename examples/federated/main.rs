@@ -47,10 +47,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bb_libp2p::{Behaviour, Config, Event, Metrics, Node, NodeHandle};
+use bb_libp2p::{Behaviour, Config, Event, Node, NodeHandle};
 use bb_runtime::engine::EngineStep;
 use fed::Federation;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -60,7 +60,6 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, Swarm};
 use ml::Dataset;
-use prometheus_client::registry::Registry;
 use round::{Missing, Round, RoundReport};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -258,13 +257,7 @@ async fn build_swarm<F>(
 where
     F: FnOnce() -> std::result::Result<Node, std::convert::Infallible> + Send + 'static,
 {
-    let mut config = Config::default();
-    if let Some(address) = metrics {
-        let mut registry = Registry::default();
-        config = config.with_metrics(Metrics::new(&mut registry));
-        let bound = metrics_endpoint::serve(Arc::new(Mutex::new(registry)), address).await?;
-        eprintln!("metrics on http://{bound}/metrics");
-    }
+    let config = metrics_endpoint::with_metrics(Config::default(), metrics).await?;
     let behaviour = Behaviour::new(make_node, config)?;
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
