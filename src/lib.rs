@@ -16,6 +16,10 @@
 //! [`Behaviour::new`]. The behaviour is `Send`: spawn the swarm on any
 //! executor. Reach the Node through a [`NodeHandle`].
 //!
+//! [`values`] builds and decodes the common values (peer lists, bytes,
+//! `f32`s), [`ports`] says which compiled target sends on a port and which
+//! receives, and [`Metrics`] records Prometheus metrics.
+//!
 //! # Usage
 //!
 //! ```no_run
@@ -50,10 +54,11 @@
 //! // The swarm is Send: run it on a task of its own.
 //! tokio::spawn(async move {
 //!     loop {
-//!         if let libp2p::swarm::SwarmEvent::Behaviour(Event::AppEvent { topic, value_bytes, .. }) =
+//!         if let libp2p::swarm::SwarmEvent::Behaviour(Event::AppEvent { sender, topic, value_bytes }) =
 //!             swarm.select_next_some().await
 //!         {
-//!             println!("{topic}: {value_bytes:?}");
+//!             // `sender` is the authenticated peer the value came from.
+//!             println!("{topic} from {sender:?}: {:?}", bb_libp2p::values::decode_bytes(&value_bytes));
 //!         }
 //!     }
 //! });
