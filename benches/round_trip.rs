@@ -20,8 +20,8 @@
 //! instead of one request and its response; a `WireEnvelope` around the
 //! value; and the engine running the Module on both Nodes.
 //!
-//! The engine drops an inbound payload it has seen recently, so every
-//! iteration sends different bytes: the iteration count, in the first eight.
+//! Every iteration sends different bytes (the iteration count, in the first
+//! eight), as distinct values in an application would be.
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -46,6 +46,11 @@ type Result<T> = std::result::Result<T, Box<dyn Error>>;
 /// How long a process waits to find the others, and then for each round.
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// How long a process keeps serving after its last value was acknowledged:
+/// its acknowledgement of a peer's last value may still be on its way, and a
+/// connection closed under it fails that peer's send.
+const LINGER: Duration = Duration::from_millis(500);
+
 const USAGE: &str = "usage: average [--nodes N] [--value X] [--rounds R] [--bootstrap <address>] [--metrics <host:port>]
   with no arguments: runs three processes and checks that they agree";
 
@@ -154,8 +159,6 @@ async fn run(options: Options) -> Result<()> {
     }
     let me = *swarm.local_peer_id();
     let others = options.nodes - 1;
-    let id = me.to_bytes();
-    let tag = f32::from(u16::from_le_bytes([id[id.len() - 2], id[id.len() - 1]]));
 
     // Find the others.
     let deadline = Instant::now() + PATIENCE;
@@ -179,13 +182,13 @@ async fn run(options: Options) -> Result<()> {
     let handle = swarm.behaviour().bb.handle();
     let mut value = options.value;
     for round in 1..=options.rounds {
-        // Tagged with the round and this process: the engine 0.3.8 drops a
-        // value equal to one it took before from anyone, and once the
-        // numbers agree every process sends the same one.
+        // With its round: a peer that finished this round early may
+        // already have sent the next one. Once the numbers agree, every
+        // process sends the same bytes, and each still arrives.
         let (sender, to, x) = (
             gossip.sender.clone(),
             values::peers(&peers),
-            values::f32s(&[round as f32, tag, value]),
+            values::f32s(&[round as f32, value]),
         );
         handle
             .with_node(move |node| node.invoke(&sender, &[("peers", &to), ("x", &x)]))
@@ -209,13 +212,22 @@ async fn run(options: Options) -> Result<()> {
     }
 
     // Exit once every value sent has its outcome, with the swarm still
-    // running so the acknowledgements can arrive.
+    // running so the acknowledgements can arrive; then a moment more, so
+    // that this process's own acknowledgements of the last values leave.
     let delivered = handle.delivered();
     tokio::pin!(delivered);
     loop {
         tokio::select! {
             event = swarm.select_next_some() => on_event(&mut swarm, event, me, &mut inbox)?,
             result = &mut delivered => { result?; break; }
+        }
+    }
+    let linger = tokio::time::sleep(LINGER);
+    tokio::pin!(linger);
+    loop {
+        tokio::select! {
+            event = swarm.select_next_some() => on_event(&mut swarm, event, me, &mut inbox)?,
+            _ = &mut linger => break,
         }
     }
     println!("final {value}");
@@ -264,8 +276,8 @@ fn on_event(
             value_bytes,
         })) if topic == "heard" => {
             let numbers = values::decode_f32s(&value_bytes)?;
-            let [round, _tag, number] = numbers[..] else {
-                return Err(format!("{sender} sent {} numbers, not 3", numbers.len()).into());
+            let [round, number] = numbers[..] else {
+                return Err(format!("{sender} sent {} numbers, not 2", numbers.len()).into());
             };
             inbox
                 .0

@@ -19,8 +19,8 @@
 //! `receive` prints its full `/p2p` multiaddr first, then a JSON line each
 //! second and a last one (`"final":true`) on SIGTERM or SIGINT (or when its
 //! stdin closes, with `--until-stdin-closes`): the distinct values its engine
-//! output, the values it output again (`duplicates`, which the engine's
-//! receive dedup gate should make impossible), the envelopes that reached it
+//! output, the values it output again (`duplicates`, which the transport and
+//! the receive dedup gate should make impossible), the envelopes that reached it
 //! on the wire, and its RSS.
 //!
 //! `send` sends values `0..count` (each its sequence number, padded to
@@ -845,7 +845,7 @@ async fn send(args: SendArgs, common: Common, stop: impl Future<Output = ()>) ->
 }
 
 /// Value `seq`: its sequence number, padded with zeros to `size` bytes, so
-/// each is distinct (the receiver's dedup gate drops a repeated payload).
+/// that the receiver can tell each apart and count duplicates.
 fn value(seq: u64, size: usize) -> Vec<u8> {
     let mut bytes = seq.to_le_bytes().to_vec();
     bytes.resize(size.max(8), 0);

@@ -144,6 +144,8 @@ impl PeerBook {
         let Some(address) = normalise(&peer, address) else {
             return Ok(false);
         };
+        // An address now known: the peer is no longer unlocated.
+        self.unlocated.remove(&peer);
         if self
             .peers
             .get(&peer)

@@ -344,8 +344,8 @@ impl Behaviour {
     /// envelope this behaviour has not seen acknowledged (in flight or
     /// queued) back in the engine's outbound queue: a behaviour built on the
     /// restored Node sends them again. One that had reached the peer is
-    /// dropped there by the engine's inbound dedup window, so the peer's
-    /// engine takes each envelope once.
+    /// dropped there by its receive dedup gate (same sender, engine request
+    /// id and bytes), so the peer's engine takes each envelope once.
     ///
     /// The envelopes are the ones unacknowledged when this is called; the
     /// returned future completes once the engine thread has taken the
@@ -419,8 +419,10 @@ impl NetworkBehaviour for Behaviour {
         effective_role: Endpoint,
     ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
         if let Some(peer) = maybe_peer {
-            self.admit(peer, connection_id, Endpoint::Dialer)?;
+            // Whatever the last dial found no longer holds, even if this
+            // one is refused.
             self.peers.dialling(&peer);
+            self.admit(peer, connection_id, Endpoint::Dialer)?;
         }
         let mut extra = self.inner.handle_pending_outbound_connection(
             connection_id,
@@ -485,8 +487,21 @@ impl NetworkBehaviour for Behaviour {
                 self.inner.on_swarm_event(event);
                 return self.on_connection_refused(*connection_id);
             }
-            FromSwarm::DialFailure(DialFailure { connection_id, .. })
-            | FromSwarm::ListenFailure(ListenFailure { connection_id, .. }) => {
+            FromSwarm::DialFailure(DialFailure {
+                peer_id,
+                connection_id,
+                ..
+            }) => {
+                // A dial refused before this behaviour saw it start (by
+                // another behaviour) failed for another reason than
+                // addresses.
+                if let Some(peer) = peer_id {
+                    self.peers.dialling(peer);
+                }
+                self.inner.on_swarm_event(event);
+                return self.on_connection_refused(*connection_id);
+            }
+            FromSwarm::ListenFailure(ListenFailure { connection_id, .. }) => {
                 self.inner.on_swarm_event(event);
                 return self.on_connection_refused(*connection_id);
             }

@@ -55,19 +55,28 @@ async fn settle(swarm: &mut Swarm<Behaviour>) {
 /// Waits for `value` on swarm 1's `y`, failing on any send failure.
 async fn delivered(a: &mut Swarm<Behaviour>, b: &mut Swarm<Behaviour>, value: &[u8]) {
     let want = bytes_value(value);
+    // B's output and A's acknowledgement: the value is done with on both
+    // sides (a connection closed before the acknowledgement fails it).
+    let (mut output, mut acknowledged) = (false, false);
     until(
         &mut [a, b],
         Duration::from_secs(10),
-        "the value",
-        |i, e| match e {
-            SwarmEvent::Behaviour(Event::AppEvent { value_bytes, .. }) if i == 1 => {
-                assert_eq!(value_bytes, want);
-                Some(())
+        "the value and its acknowledgement",
+        |i, e| {
+            match e {
+                SwarmEvent::Behaviour(Event::AppEvent { value_bytes, .. }) if i == 1 => {
+                    assert_eq!(value_bytes, want);
+                    output = true;
+                }
+                SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. }) if i == 0 => {
+                    acknowledged = true;
+                }
+                SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
+                    panic!("send failed: {reason}")
+                }
+                _ => {}
             }
-            SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
-                panic!("send failed: {reason}")
-            }
-            _ => None,
+            (output && acknowledged).then_some(())
         },
     )
     .await

@@ -89,8 +89,7 @@ pub struct RoundCmd {
 
 /// Coordinator to clients: the global parameters.
 ///
-/// The round and deadline also make each round's payload distinct: a
-/// receiving Node drops a payload whose bytes it has received before.
+/// The round and deadline let a client answer the round it was asked for.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GlobalMsg {
     /// Round number.
@@ -108,9 +107,9 @@ pub struct UpdateMsg {
     pub round: u64,
     /// The round's deadline, from the [`GlobalMsg`].
     pub deadline_ns: u64,
-    /// The client's engine PeerId bytes. The coordinator attributes the
-    /// update to the authenticated sender; this keeps two clients' updates
-    /// distinct for the receive dedup gate even if their numbers agree.
+    /// The client's engine PeerId bytes, which the client's own graph
+    /// stamps. The coordinator attributes the update to the authenticated
+    /// sender, not to this.
     pub client: Vec<u8>,
     /// Samples the client trained on: FedAvg's weight.
     pub num_samples: u64,

@@ -339,8 +339,8 @@ impl Module for RegistryClient {
 /// `wire.Send` reads. The receiver target (`Broadcast_client#…`) runs on
 /// clients; `bb_libp2p::sites` routes the value to it.
 ///
-/// The receiver's dedup gate drops a value it has seen: a client sampled
-/// twice gets the second value only if it differs.
+/// A client sampled twice gets the value twice: the receiving Node drops
+/// only a second delivery of one envelope, not an equal value.
 pub struct Broadcast {
     /// How many clients to sample.
     pub n: u32,

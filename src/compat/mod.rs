@@ -13,12 +13,14 @@
 //! | [`fail_parked_op`] | `SendFailed` drops a request without failing the op parked on it | none: no 0.3.8 op parks on a wire request |
 //! | [`senders`] | an `AppEvent` does not say who sent the value | `tests/senders.rs::upstream_app_events_still_carry_no_sender` |
 //! | [`unresolved`] | `wire.Send` drops a value for a peer its AddressBook lacks | `tests/unresolved.rs::upstream_send_still_skips_unknown_peers` |
+//! | [`dedup`] | the receive dedup gate drops a value equal to any taken recently, from anyone | `tests/equal_values.rs::upstream_dedup_still_keys_on_the_payload` |
 //!
-//! [`senders`] and [`unresolved`] replace framework ops' dispatch entries
-//! through [`dispatch`].
+//! [`senders`], [`unresolved`] and [`dedup`] replace framework ops' dispatch
+//! entries through [`dispatch`].
 
 pub(crate) mod contexts;
 pub(crate) mod deadline_gates;
+pub(crate) mod dedup;
 pub(crate) mod dispatch;
 pub(crate) mod senders;
 pub mod sites;

@@ -34,6 +34,7 @@ use super::dispatch;
 use crate::peer::to_libp2p_peer;
 
 const WRAPPER: &str = "senders";
+const WIRE_DOMAIN: &str = "ai.bytesandbrains.wire";
 
 /// Notes kept per poll before the oldest goes: a poll surfaces at most a few
 /// thousand outputs, and a note nobody claims must not pile up.
@@ -59,6 +60,11 @@ pub(crate) fn stamp_outputs(graph: &mut GraphSlot) {
     }
     let outputs: Vec<&String> = graph.top_level_outputs.values().collect();
     for (node, dispatch) in graph.function.node.iter().zip(&mut graph.op_dispatch) {
+        // A wire op's outputs are sentinels, never values the application
+        // reads (and `wire.Send` has a wrapper of its own).
+        if node.domain == WIRE_DOMAIN {
+            continue;
+        }
         if node.output.iter().any(|o| outputs.contains(&o)) {
             dispatch::wrap(WRAPPER, node, dispatch, noting_sender);
         }
@@ -98,15 +104,52 @@ impl Notes {
     }
 
     /// The sender noted for the oldest unclaimed output named `topic`, and
-    /// claims it. `None` when the value did not come from another peer (or
-    /// its op left no note).
+    /// claims that output (an op's other outputs keep their note). `None`
+    /// when the value did not come from another peer (or its op left no
+    /// note).
     pub(crate) fn sender_of(topic: &str) -> Option<PeerId> {
         NOTES.with_borrow_mut(|notes| {
             let at = notes
                 .iter()
                 .position(|n| n.outputs.iter().any(|o| o == topic))?;
-            let note = notes.remove(at)?;
-            note.sender.and_then(|p| to_libp2p_peer(&p).ok())
+            let note = &mut notes[at];
+            let sender = note.sender;
+            note.outputs.retain(|o| o != topic);
+            if note.outputs.is_empty() {
+                notes.remove(at);
+            }
+            sender.and_then(|p| to_libp2p_peer(&p).ok())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::to_engine_peer;
+
+    fn note(outputs: &[&str], sender: PeerId) {
+        NOTES.with_borrow_mut(|notes| {
+            notes.push_back(Note {
+                outputs: outputs.iter().map(|o| o.to_string()).collect(),
+                sender: Some(to_engine_peer(&sender)),
+            })
+        });
+    }
+
+    #[test]
+    fn each_output_of_an_op_keeps_the_sender_and_later_ones_keep_theirs() {
+        Notes::clear();
+        let (first, second) = (PeerId::random(), PeerId::random());
+        // One op wrote `a` and `b` for the first envelope, then again for
+        // the second.
+        note(&["a", "b"], first);
+        note(&["a", "b"], second);
+        assert_eq!(Notes::sender_of("b"), Some(first));
+        assert_eq!(Notes::sender_of("a"), Some(first));
+        assert_eq!(Notes::sender_of("a"), Some(second));
+        assert_eq!(Notes::sender_of("b"), Some(second));
+        assert_eq!(Notes::sender_of("a"), None);
+        Notes::clear();
     }
 }

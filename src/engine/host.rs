@@ -39,7 +39,7 @@ use crate::address_book::EngineBook;
 use crate::admission;
 use crate::clock::Clock;
 use crate::compat::{
-    self, contexts::Pruner, deadline_gates, senders, sites::Sites, unresolved, wire_requests,
+    self, contexts::Pruner, deadline_gates, dedup, senders, sites::Sites, unresolved, wire_requests,
 };
 use crate::error::SnapshotFailed;
 use crate::event::AppEvent;
@@ -191,6 +191,7 @@ impl Host {
                 deadline_gates::disarm_deadline_gates(graph);
                 senders::stamp_outputs(graph);
                 unresolved::resolve_sends(graph);
+                dedup::key_on_envelopes(graph);
             }
         }
         let clock = Clock::new(node.engine_install_handle());
@@ -257,6 +258,17 @@ impl Host {
         self.run_until_idle();
         // The engine's queue drops its oldest past its cap, without a word
         // to the snapshot: refuse rather than carry fewer than were held.
+        // Envelopes the engine handed over that still wait here for the
+        // swarm are unacknowledged too.
+        let waiting: Vec<WireEnvelope> = self
+            .pending
+            .iter()
+            .filter_map(|m| match m {
+                FromEngine::Send(envelope) => Some(envelope.clone()),
+                _ => None,
+            })
+            .collect();
+        let unacknowledged: Vec<WireEnvelope> = unacknowledged.into_iter().chain(waiting).collect();
         let cap = self.node.config().max_outbound_queue;
         let queue = &mut self.node.engine_install_handle().framework.outbound_queue;
         let held = queue.len() + unacknowledged.len();
@@ -330,9 +342,16 @@ impl Host {
     fn on_step(&mut self, step: EngineStep) {
         match step {
             EngineStep::AppEvent {
-                topic, value_bytes, ..
+                module_name,
+                topic,
+                value_bytes,
             } => {
-                let sender = senders::Notes::sender_of(&topic);
+                // A graph output has no module name; an `IngressEvent::AppEvent`
+                // the engine echoes has one, and no note.
+                let sender = module_name
+                    .is_empty()
+                    .then(|| senders::Notes::sender_of(&topic))
+                    .flatten();
                 self.pending.push_back(FromEngine::App(AppEvent {
                     sender,
                     topic,
@@ -518,7 +537,12 @@ impl Host {
         let held = self.node.engine_install_handle().ingress_bytes_in_flight();
         bytes.held.store(held, Ordering::Release);
         bytes.taken.store(pushed, Ordering::Release);
-        bytes.envelopes_taken.store(envelopes, Ordering::Release);
+        // An engine with its bootstrap pending puts envelopes back in its
+        // ingress: what is still there was not taken.
+        let waiting = self.node.ingress_handle().len() as u64;
+        bytes
+            .envelopes_taken
+            .store(envelopes.saturating_sub(waiting), Ordering::Release);
         if let Poll::Ready(steps) = polled {
             self.clock_dirty = true;
             self.pruner.maybe_prune(self.node.engine_install_handle());

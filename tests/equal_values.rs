@@ -1,0 +1,178 @@
+//! Equal values are not duplicates: two peers sending the same bytes, and
+//! one peer sending the same bytes again, each deliver every value.
+
+mod common;
+
+use std::task::Poll;
+use std::time::Duration;
+
+use bb_libp2p::{Address, EngineStep, Event, IngressEvent};
+use common::models::{bb_swarm, compile, install, invoke_send, send_value, Ping};
+use common::{connect, until};
+use libp2p::identity::Keypair;
+use libp2p::swarm::SwarmEvent;
+use libp2p::PeerId;
+
+/// Two senders send the same value, and each sends it twice: the receiver
+/// outputs it four times, twice from each.
+#[tokio::test(flavor = "current_thread")]
+async fn equal_values_from_two_senders_and_again_all_arrive() {
+    let (model, targets) = compile(Ping);
+    let mut a = bb_swarm(&model, &[&targets[0]]);
+    let mut b = bb_swarm(&model, &[&targets[0]]);
+    let mut r = bb_swarm(&model, &[&targets[1]]);
+    connect(&mut a, &mut r).await;
+    connect(&mut b, &mut r).await;
+    let (pa, pb, pr) = (*a.local_peer_id(), *b.local_peer_id(), *r.local_peer_id());
+    let mut sent = Vec::new();
+    for _ in 0..2 {
+        sent.push(send_value(&a.behaviour().handle(), &targets[0], pr, b"0.5"));
+        sent.push(send_value(&b.behaviour().handle(), &targets[0], pr, b"0.5"));
+    }
+    assert!(
+        sent.windows(2).all(|w| w[0] == w[1]),
+        "the same bytes each time"
+    );
+    let mut heard: Vec<PeerId> = Vec::new();
+    until(
+        &mut [&mut r, &mut a, &mut b],
+        Duration::from_secs(10),
+        "four values",
+        |i, e| {
+            match e {
+                SwarmEvent::Behaviour(Event::AppEvent {
+                    sender,
+                    value_bytes,
+                    ..
+                }) if i == 0 => {
+                    assert_eq!(value_bytes, sent[0]);
+                    heard.push(sender.expect("from a peer"));
+                }
+                SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => panic!("{reason}"),
+                SwarmEvent::Behaviour(Event::Engine(step)) => panic!("{step:?}"),
+                _ => {}
+            }
+            (heard.len() == 4).then_some(())
+        },
+    )
+    .await;
+    heard.sort();
+    let mut want = vec![pa, pa, pb, pb];
+    want.sort();
+    assert_eq!(heard, want);
+}
+
+/// The same envelope from the same peer twice (a restarted sender sending
+/// again what its snapshot carried) is still output once; the same bytes
+/// from another peer are output too.
+#[tokio::test(flavor = "current_thread")]
+async fn a_second_delivery_of_one_envelope_is_dropped() {
+    let (model, targets) = compile(Ping);
+    let mut r = bb_swarm(&model, &[&targets[1]]);
+    let mut envelope = sent_envelope(&model, &targets[0], *r.local_peer_id(), b"once");
+    // As on the wire: the data fill addressed to the port, no local fills.
+    envelope.fills.truncate(1);
+    envelope.fills[0].dest_suffix = Address::empty()
+        .site(bb_runtime::ids::NodeSiteId::from(
+            bb_libp2p::sites::portable_site_id("port"),
+        ))
+        .to_bytes();
+    let (a, b) = (PeerId::random(), PeerId::random());
+    for from in [a, a, b] {
+        r.behaviour_mut()
+            .inject_envelope(from, envelope.clone())
+            .expect("taken");
+    }
+    let (mut outputs, mut duplicates) = (Vec::new(), 0);
+    common::run_for(&mut [&mut r], Duration::from_millis(300), |_, e| match e {
+        SwarmEvent::Behaviour(Event::AppEvent { sender, .. }) => outputs.push(sender),
+        SwarmEvent::Behaviour(Event::Engine(EngineStep::OpFailed { error, .. }))
+            if error.detail.contains("duplicate") =>
+        {
+            duplicates += 1
+        }
+        other => panic!("{other:?}"),
+    })
+    .await;
+    outputs.sort();
+    let mut want = vec![Some(a), Some(b)];
+    want.sort();
+    assert_eq!(outputs, want);
+    assert_eq!(duplicates, 1);
+}
+
+/// The envelope a bare Node running `target` sends to `to` for `payload`.
+fn sent_envelope(
+    model: &bytesandbrains::proto::onnx::ModelProto,
+    target: &str,
+    to: PeerId,
+    payload: &[u8],
+) -> bb_libp2p::WireEnvelope {
+    let mut sender = install(&Keypair::generate_ed25519(), model, &[target]);
+    sender
+        .add_peer(
+            bb_libp2p::to_engine_peer(&to),
+            vec![bb_libp2p::p2p_address(&to)],
+        )
+        .unwrap();
+    invoke_send(&mut sender, target, to, payload);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for _ in 0..4 {
+        if let Poll::Ready(steps) = sender.poll(&mut cx) {
+            for step in steps {
+                if let EngineStep::SendEnvelope(envelope) = step {
+                    return envelope;
+                }
+            }
+        }
+    }
+    panic!("the Send made no envelope")
+}
+
+/// Guards `compat::dedup`: on bare Nodes, a receiver given the same
+/// envelope from two peers outputs it once. If this fails, upstream's
+/// receive dedup gate no longer keys on the payload alone.
+#[test]
+fn upstream_dedup_still_keys_on_the_payload() {
+    let (model, targets) = compile(Ping);
+    let kr = Keypair::generate_ed25519();
+    let mut receiver = install(&kr, &model, &[&targets[1]]);
+    let pr = kr.public().to_peer_id();
+    let mut envelope = sent_envelope(&model, &targets[0], pr, b"same");
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    // Address the data fill to the receiver's Recv, as the crate's bridge
+    // does, and drop the local-only trigger fill.
+    let engine = receiver.engine_install_handle();
+    let names: Vec<String> = engine.graphs_named().map(|(n, _)| n.to_string()).collect();
+    let mut site = None;
+    for name in &names {
+        let graph = engine.graph_mut(name).unwrap();
+        if !graph.is_entry_point {
+            continue;
+        }
+        if let Some(recv) = graph.function.node.iter().find(|n| n.op_type == "Recv") {
+            site = graph.site_names.get(&recv.output[0]).copied();
+        }
+    }
+    let site = site.expect("the receiver's Recv");
+    envelope.fills.truncate(1);
+    envelope.fills[0].dest_suffix = Address::empty().site(site).to_bytes();
+    for from in [PeerId::random(), PeerId::random()] {
+        let event = IngressEvent::EnvelopeFrom {
+            src_peer: bb_libp2p::to_engine_peer(&from),
+            envelope: envelope.clone(),
+            src_observed_address: None,
+        };
+        receiver.ingress_handle().push(event).unwrap();
+    }
+    let mut outputs = 0;
+    for _ in 0..4 {
+        if let Poll::Ready(steps) = receiver.poll(&mut cx) {
+            outputs += steps
+                .iter()
+                .filter(|s| matches!(s, EngineStep::AppEvent { .. }))
+                .count();
+        }
+    }
+    assert_eq!(outputs, 1, "upstream took an equal value twice");
+}
