@@ -18,7 +18,7 @@ use crate::engine::host::HostStats;
 use crate::event::{RejectKind, Rejection};
 use crate::health::Health;
 use crate::ingress_share::IngressShare;
-use crate::metrics::Metrics;
+use crate::metrics::{IngressProbe, Metrics};
 use crate::peer::{p2p_address, peer_of_address, to_engine_peer};
 use crate::stats::WireStats;
 
@@ -41,6 +41,9 @@ pub(crate) struct Inbound {
     metrics: Option<Metrics>,
     /// Each peer's envelopes in the ingress, against its fair share.
     share: IngressShare,
+    /// What the metrics read of the ingress when scraped, for as long as
+    /// this side lives.
+    _probe: Arc<IngressProbe>,
 }
 
 impl Inbound {
@@ -52,7 +55,12 @@ impl Inbound {
         host: Arc<HostStats>,
         metrics: Option<Metrics>,
     ) -> Self {
+        let probe = Arc::new(IngressProbe::new(ingress.clone(), Arc::clone(&host)));
+        if let Some(metrics) = &metrics {
+            metrics.watch_ingress(&probe);
+        }
         Self {
+            _probe: probe,
             ingress,
             max_ingress,
             sites,
@@ -62,12 +70,6 @@ impl Inbound {
             metrics,
             share: IngressShare::default(),
         }
-    }
-
-    /// Envelopes in the engine's ingress, and the payload bytes it holds
-    /// against its budget.
-    pub(crate) fn engine_holds(&self) -> (usize, usize) {
-        (self.ingress.len(), self.host.ingress_bytes.committed())
     }
 
     pub(crate) fn stats(&self) -> &WireStats {

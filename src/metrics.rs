@@ -20,14 +20,21 @@
 //! assert!(text.contains("bb_libp2p_envelopes_sent_total"));
 //! ```
 
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use bb_runtime::ingress::IngressQueueRef;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
+
+use crate::engine::host::HostStats;
 
 /// A failure reason: [`SendFailure::label`](crate::SendFailure::label).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,8 +65,7 @@ pub struct Metrics {
     retries: Counter,
     in_flight: Gauge,
     queued: Gauge,
-    ingress_envelopes: Gauge,
-    ingress_bytes: Gauge,
+    ingress: Arc<IngressProbes>,
     acknowledgement_latency: Histogram,
     envelope_size: Histogram,
     engine_poll: Histogram,
@@ -82,8 +88,7 @@ impl Metrics {
             retries: Counter::default(),
             in_flight: Gauge::default(),
             queued: Gauge::default(),
-            ingress_envelopes: Gauge::default(),
-            ingress_bytes: Gauge::default(),
+            ingress: Arc::default(),
             // 100 µs to 52 s.
             acknowledgement_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
             // 64 B to 256 MiB.
@@ -148,17 +153,7 @@ impl Metrics {
             "Envelopes waiting to go on the wire",
             metrics.queued.clone(),
         );
-        registry.register(
-            "engine_ingress_envelopes",
-            "Inbound envelopes in the engine's ingress, not yet taken by the engine",
-            metrics.ingress_envelopes.clone(),
-        );
-        registry.register_with_unit(
-            "engine_ingress",
-            "Payload bytes the engine's ingress holds against its byte budget",
-            Unit::Bytes,
-            metrics.ingress_bytes.clone(),
-        );
+        registry.register_collector(Box::new(Arc::clone(&metrics.ingress)));
         registry.register_with_unit(
             "acknowledgement_latency",
             "Time from putting an envelope on the wire to its acknowledgement",
@@ -219,6 +214,74 @@ impl Metrics {
     pub(crate) fn engine_polled(&self, took: Duration) {
         self.engine_poll.observe(took.as_secs_f64());
     }
+
+    /// Reads `probe`'s Node's ingress on every scrape, for as long as the
+    /// probe lives.
+    pub(crate) fn watch_ingress(&self, probe: &Arc<IngressProbe>) {
+        let mut probes = self
+            .ingress
+            .probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        probes.retain(|p| p.strong_count() > 0);
+        probes.push(Arc::downgrade(probe));
+    }
+}
+
+/// One Node's engine ingress, as the metrics read it.
+pub(crate) struct IngressProbe {
+    ingress: IngressQueueRef,
+    host: Arc<HostStats>,
+}
+
+impl IngressProbe {
+    pub(crate) fn new(ingress: IngressQueueRef, host: Arc<HostStats>) -> Self {
+        Self { ingress, host }
+    }
+}
+
+/// The ingress gauges, read from every live Node's ingress when scraped:
+/// the engine thread drains an ingress without waking anyone, so a gauge
+/// set by the swarm's side would show a level long gone.
+#[derive(Default)]
+struct IngressProbes {
+    probes: Mutex<Vec<Weak<IngressProbe>>>,
+}
+
+impl std::fmt::Debug for IngressProbes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngressProbes").finish_non_exhaustive()
+    }
+}
+
+impl Collector for IngressProbes {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (mut envelopes, mut bytes) = (0usize, 0usize);
+        for probe in self
+            .probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+        {
+            envelopes += probe.ingress.len();
+            bytes += probe.host.ingress_bytes.committed();
+        }
+        let metric = encoder.encode_descriptor(
+            "engine_ingress_envelopes",
+            "Inbound envelopes in the engine's ingress, not yet taken by the engine",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(envelopes as i64).encode(metric)?;
+        let metric = encoder.encode_descriptor(
+            "engine_ingress",
+            "Payload bytes the engine's ingress holds against its byte budget",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(bytes as i64).encode(metric)
+    }
 }
 
 /// What one behaviour holds now, for the gauges.
@@ -226,8 +289,6 @@ impl Metrics {
 pub(crate) struct Levels {
     pub(crate) in_flight: usize,
     pub(crate) queued: usize,
-    pub(crate) ingress_envelopes: usize,
-    pub(crate) ingress_bytes: usize,
 }
 
 /// One behaviour's share of the gauges. Behaviours that share [`Metrics`]
@@ -261,12 +322,6 @@ impl GaugeShare {
         let was = self.reported;
         move_by(&m.in_flight, was.in_flight, now.in_flight);
         move_by(&m.queued, was.queued, now.queued);
-        move_by(
-            &m.ingress_envelopes,
-            was.ingress_envelopes,
-            now.ingress_envelopes,
-        );
-        move_by(&m.ingress_bytes, was.ingress_bytes, now.ingress_bytes);
         self.reported = now;
     }
 }

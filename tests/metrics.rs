@@ -143,3 +143,52 @@ async fn a_scrape_counts_what_was_sent() {
         "no per-peer labels"
     );
 }
+
+/// The ingress gauges say what the engine holds when scraped: the values
+/// waiting while the engine is busy, none once it has taken them, even if
+/// the swarm has not run since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingress_gauges_follow_the_engine() {
+    let (model, targets) = compile(Ping);
+    let mut registry = Registry::default();
+    let config = Config::default().with_metrics(Metrics::new(&mut registry));
+    let mut a = bb_swarm_with(&model, &[&targets[0]], Config::default());
+    let mut b = bb_swarm_with(&model, &[&targets[1]], config);
+    let address = metrics_endpoint::serve(
+        Arc::new(Mutex::new(registry)),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    connect(&mut a, &mut b).await;
+    let pb = *b.local_peer_id();
+    let held = common::hold_engine(&b.behaviour().handle());
+    send_values(&a.behaviour().handle(), &targets[0], pb, numbered(5));
+    let mut acknowledged = 0;
+    until(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(10),
+        "five acknowledgements",
+        |_, e| {
+            if let SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. }) = e {
+                acknowledged += 1;
+            }
+            (acknowledged == 5).then_some(())
+        },
+    )
+    .await;
+    let gauge = move || {
+        scrape(address)
+            .get("bb_libp2p_engine_ingress_envelopes")
+            .copied()
+            .expect("the gauge")
+    };
+    assert_eq!(tokio::task::spawn_blocking(gauge).await.unwrap(), 5.0);
+    drop(held);
+    // The engine takes them on its own thread; the swarm is not polled.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::task::spawn_blocking(gauge).await.unwrap() != 0.0 {
+        assert!(std::time::Instant::now() < deadline, "the gauge stayed up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -198,16 +198,15 @@ impl Behaviour {
     }
 
     /// Moves the metrics' gauges to what this behaviour holds now.
+    /// (The engine's ingress levels are read when the metrics are scraped:
+    /// the engine thread drains the ingress without waking this side.)
     pub(super) fn report_levels(&mut self) {
         let Some(gauges) = &mut self.gauges else {
             return;
         };
-        let (ingress_envelopes, ingress_bytes) = self.inbound.engine_holds();
         gauges.report(Levels {
             in_flight: self.outbound.in_flight(),
             queued: self.outbound.queued(),
-            ingress_envelopes,
-            ingress_bytes,
         });
     }
 

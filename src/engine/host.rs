@@ -543,6 +543,7 @@ impl Host {
         bytes
             .envelopes_taken
             .store(envelopes.saturating_sub(waiting), Ordering::Release);
+
         if let Poll::Ready(steps) = polled {
             self.clock_dirty = true;
             self.pruner.maybe_prune(self.node.engine_install_handle());
