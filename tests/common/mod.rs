@@ -43,89 +43,27 @@ pub async fn listen<B: NetworkBehaviour>(swarm: &mut Swarm<B>) -> Multiaddr {
     }
 }
 
-/// Which of many swarms were woken since they were last polled: each swarm
-/// gets a waker of its own, so a wake-up polls that swarm alone, not all of
-/// them (with a thousand swarms, polling all on every wake-up is what would
-/// take the time).
-struct Woken {
-    ready: std::sync::Mutex<Vec<usize>>,
-    flags: Vec<std::sync::atomic::AtomicBool>,
-    task: futures::task::AtomicWaker,
-}
-
-struct SwarmWaker {
-    index: usize,
-    woken: std::sync::Arc<Woken>,
-}
-
-impl std::task::Wake for SwarmWaker {
-    fn wake(self: std::sync::Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &std::sync::Arc<Self>) {
-        use std::sync::atomic::Ordering;
-        if !self.woken.flags[self.index].swap(true, Ordering::AcqRel) {
-            self.woken.ready.lock().unwrap().push(self.index);
-        }
-        self.woken.task.wake();
-    }
-}
-
-/// Polls `swarms`, each only when it was woken (all of them at first),
-/// handing every event to `f` until it returns `Some`.
-async fn poll_woken<B: NetworkBehaviour, T>(
-    swarms: &mut [&mut Swarm<B>],
-    mut f: impl FnMut(usize, SwarmEvent<B::ToSwarm>) -> Option<T>,
-) -> T {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    let woken = Arc::new(Woken {
-        ready: std::sync::Mutex::new((0..swarms.len()).collect()),
-        flags: (0..swarms.len()).map(|_| AtomicBool::new(true)).collect(),
-        task: futures::task::AtomicWaker::new(),
-    });
-    let wakers: Vec<std::task::Waker> = (0..swarms.len())
-        .map(|index| {
-            let woken = Arc::clone(&woken);
-            std::task::Waker::from(Arc::new(SwarmWaker { index, woken }))
-        })
-        .collect();
-    poll_fn(move |cx| {
-        woken.task.register(cx.waker());
-        loop {
-            let ready = std::mem::take(&mut *woken.ready.lock().unwrap());
-            if ready.is_empty() {
-                return Poll::Pending;
-            }
-            for i in ready {
-                woken.flags[i].store(false, Ordering::Release);
-                let mut swarm_cx = std::task::Context::from_waker(&wakers[i]);
-                while let Poll::Ready(Some(event)) = swarms[i].poll_next_unpin(&mut swarm_cx) {
-                    if let Some(t) = f(i, event) {
-                        // Not done with this swarm: poll it first next time.
-                        wakers[i].wake_by_ref();
-                        return Poll::Ready(t);
-                    }
-                }
-            }
-        }
-    })
-    .await
-}
-
 /// Polls every swarm until `f` returns `Some` for one of their events.
 /// Panics after `timeout`, naming what it was waiting for.
 pub async fn until<B, T>(
     swarms: &mut [&mut Swarm<B>],
     timeout: Duration,
     what: &str,
-    f: impl FnMut(usize, SwarmEvent<B::ToSwarm>) -> Option<T>,
+    mut f: impl FnMut(usize, SwarmEvent<B::ToSwarm>) -> Option<T>,
 ) -> T
 where
     B: NetworkBehaviour,
 {
-    let wait = poll_woken(swarms, f);
+    let wait = poll_fn(|cx| {
+        for (i, swarm) in swarms.iter_mut().enumerate() {
+            while let Poll::Ready(Some(event)) = swarm.poll_next_unpin(cx) {
+                if let Some(t) = f(i, event) {
+                    return Poll::Ready(t);
+                }
+            }
+        }
+        Poll::Pending
+    });
     match tokio::time::timeout(timeout, wait).await {
         Ok(t) => t,
         Err(_) => panic!("timed out after {timeout:?} waiting for {what}"),
@@ -138,9 +76,13 @@ pub async fn run_for<B: NetworkBehaviour>(
     duration: Duration,
     mut f: impl FnMut(usize, SwarmEvent<B::ToSwarm>),
 ) {
-    let wait = poll_woken(swarms, |i, e| -> Option<()> {
-        f(i, e);
-        None
+    let wait = poll_fn(|cx| {
+        for (i, swarm) in swarms.iter_mut().enumerate() {
+            while let Poll::Ready(Some(event)) = swarm.poll_next_unpin(cx) {
+                f(i, event);
+            }
+        }
+        Poll::<()>::Pending
     });
     let _ = tokio::time::timeout(duration, wait).await;
 }
