@@ -55,14 +55,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use bb_libp2p::{
-    to_engine_peer, Address, Behaviour, Config, EngineStep, Event, Node, NodeHandle, NodeSnapshot,
-    WireEnvelope,
+    to_engine_peer, values, Address, Behaviour, Config, EngineStep, Event, Node, NodeHandle,
+    NodeSnapshot, WireEnvelope,
 };
 
 #[path = "common/metrics_endpoint.rs"]
 mod metrics_endpoint;
 use bytesandbrains::proto::onnx::ModelProto;
-use bytesandbrains::syscall::values::{BytesValue, PeerIdVecValue};
 use bytesandbrains::{Compiler, Graph, Module};
 use futures::channel::oneshot;
 use libp2p::futures::StreamExt;
@@ -473,7 +472,7 @@ async fn engine_slots(node: &NodeHandle) -> Result<usize> {
 
 /// The sequence number a value carries in its first eight bytes.
 fn sequence(value_bytes: &[u8]) -> Result<u64> {
-    let BytesValue(bytes) = bincode::deserialize(value_bytes)?;
+    let bytes = values::decode_bytes(value_bytes)?;
     let head: [u8; 8] = bytes
         .get(..8)
         .and_then(|b| b.try_into().ok())
@@ -671,7 +670,7 @@ async fn send(args: SendArgs, common: Common, stop: impl Future<Output = ()>) ->
 
     let started = Instant::now();
     let rss_kib_start = rss_kib();
-    let peers = bincode::serialize(&PeerIdVecValue(vec![to_engine_peer(&receiver)]))?;
+    let peers = values::peers(&[receiver]);
     let mut next_seq = first_seq;
     let mut connected_once = false;
     let mut connected = false;
@@ -704,7 +703,7 @@ async fn send(args: SendArgs, common: Common, stop: impl Future<Output = ()>) ->
                 _ => {}
             },
             _ = send_tick.tick(), if connected_once && next_seq < args.count => {
-                let x = bincode::serialize(&BytesValue(value(next_seq, args.size)))?;
+                let x = values::bytes(&value(next_seq, args.size));
                 let (sender, peers) = (sender.clone(), peers.clone());
                 let invoked = node
                     .with_node(move |node| {

@@ -261,7 +261,7 @@ impl PeerBook {
 
     /// Peers this side holds an engine reference for.
     pub(crate) fn len(&self) -> usize {
-        self.peers.values().filter(|k| k.held).count()
+        self.resolvable().count()
     }
 
     /// The engine refused the reference taken for `peer`: none is held.

@@ -62,7 +62,7 @@ impl Outbox {
         // Peers passed over: a set, since a queue may hold envelopes for a
         // thousand peers.
         let mut held = HashSet::new();
-        let mut kept = VecDeque::with_capacity(self.queue.len());
+        let mut kept = VecDeque::new();
         while let Some(outgoing) = self.queue.pop_front() {
             if !held.contains(&outgoing.peer) && may_send(&outgoing.peer) {
                 ready.push(outgoing);
@@ -74,9 +74,11 @@ impl Outbox {
                 kept.push_back(outgoing);
             }
         }
-        // What was not looked at keeps its place after what was passed over.
-        kept.append(&mut self.queue);
-        self.queue = kept;
+        // What was passed over goes back in front of what was not looked at
+        // (nothing moves when nothing was passed over).
+        while let Some(outgoing) = kept.pop_back() {
+            self.queue.push_front(outgoing);
+        }
         ready
     }
 

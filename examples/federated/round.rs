@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use bb_libp2p::{to_libp2p_peer, Event, NodeHandle};
 use bb_runtime::engine::EngineStep;
 use bytesandbrains::aggregators::fedavg::FedAvgMeta;
-use bytesandbrains::syscall::values::PeerIdVecValue;
 use bytesandbrains::PeerId;
 
 use super::fed::{Federation, RoundCmd, UpdateInfo, LATE_UPDATE};
@@ -212,10 +211,8 @@ impl Round {
         };
         match topic {
             "cohort" => {
-                let PeerIdVecValue(peers) =
-                    bincode::deserialize(bytes).map_err(|e| e.to_string())?;
-                let peers = peers.iter().map(to_libp2p_peer).collect::<Result<_, _>>();
-                self.cohort = Some(peers.map_err(|e| e.to_string())?);
+                let peers = bb_libp2p::values::decode_peers(bytes).map_err(|e| e.to_string())?;
+                self.cohort = Some(peers);
             }
             "update_info" => {
                 let info: UpdateInfo = bincode::deserialize(bytes).map_err(|e| e.to_string())?;

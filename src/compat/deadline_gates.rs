@@ -9,7 +9,8 @@
 
 use bb_runtime::engine::GraphSlot;
 
-const SYSCALL_DOMAIN: &str = "ai.bytesandbrains.syscall";
+use super::SYSCALL_DOMAIN;
+
 const DEADLINE_CHECK: &str = "DeadlineCheck";
 const DEADLINE_NS: &str = "deadline_ns";
 

@@ -31,19 +31,16 @@ use bb_runtime::engine::GraphSlot;
 use bb_runtime::runtime::RuntimeResourceRef;
 use bb_runtime::slot_value::SlotValue;
 
-use super::dispatch;
+use super::{dispatch, SYSCALL_DOMAIN};
 
 const WRAPPER: &str = "dedup";
-const SYSCALL_DOMAIN: &str = "ai.bytesandbrains.syscall";
 const DEDUP_GATE_RX: &str = "DedupGateRx";
 
 /// Routes every `DedupGateRx` of `graph` through [`per_envelope`].
 pub(crate) fn key_on_envelopes(graph: &mut GraphSlot) {
-    for (node, dispatch) in graph.function.node.iter().zip(&mut graph.op_dispatch) {
-        if node.domain == SYSCALL_DOMAIN && node.op_type == DEDUP_GATE_RX {
-            dispatch::wrap(WRAPPER, node, dispatch, per_envelope);
-        }
-    }
+    dispatch::wrap_where(graph, WRAPPER, per_envelope, |node| {
+        node.domain == SYSCALL_DOMAIN && node.op_type == DEDUP_GATE_RX
+    });
 }
 
 /// The gate, keyed on the sender, the engine request id and the value:

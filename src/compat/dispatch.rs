@@ -12,7 +12,7 @@ use std::sync::{OnceLock, RwLock};
 
 use bb_ir::proto::onnx::NodeProto;
 use bb_runtime::bus::{OpError, OpErrorKind};
-use bb_runtime::engine::{OpDispatch, StatelessInvokeFn};
+use bb_runtime::engine::{GraphSlot, OpDispatch, StatelessInvokeFn};
 
 /// A replaced function, filed under `(wrapper, domain, op_type)`.
 struct Filed {
@@ -36,22 +36,36 @@ fn originals() -> &'static RwLock<Vec<Filed>> {
     ORIGINALS.get_or_init(Default::default)
 }
 
+/// Makes every op of `graph` that `select` picks call `wrapper` instead,
+/// filing the function it called under `wrapper_name` (see [`wrap`]).
+pub(crate) fn wrap_where(
+    graph: &mut GraphSlot,
+    wrapper_name: &'static str,
+    wrapper: StatelessInvokeFn,
+    mut select: impl FnMut(&NodeProto) -> bool,
+) {
+    for (node, dispatch) in graph.function.node.iter().zip(&mut graph.op_dispatch) {
+        if select(node) {
+            wrap(wrapper_name, node, dispatch, wrapper);
+        }
+    }
+}
+
 /// Makes `dispatch`, the entry of `node`, call `wrapper` instead, filing the
 /// function it called under `wrapper_name`. Only a framework op
 /// (`OpDispatch::Stateless`) whose function is the one filed for its kind
-/// (if any) can be wrapped; `false` for any other entry, which is left
-/// alone.
-pub(crate) fn wrap(
+/// (if any) can be wrapped; any other entry is left alone.
+fn wrap(
     wrapper_name: &'static str,
     node: &NodeProto,
     dispatch: &mut OpDispatch,
     wrapper: StatelessInvokeFn,
-) -> bool {
+) {
     let OpDispatch::Stateless(function) = dispatch else {
-        return false;
+        return;
     };
     if std::ptr::fn_addr_eq(*function, wrapper) {
-        return true;
+        return;
     }
     let mut filed = originals()
         .write()
@@ -66,7 +80,7 @@ pub(crate) fn wrap(
                 wrapper = wrapper_name,
                 "the op's dispatch was replaced by the application; not wrapping it"
             );
-            return false;
+            return;
         }
         Some(_) => {}
         None => filed.push(Filed {
@@ -77,7 +91,6 @@ pub(crate) fn wrap(
         }),
     }
     *dispatch = OpDispatch::Stateless(wrapper);
-    true
 }
 
 /// The function [`wrap`] replaced for `node` under `wrapper_name`, or an

@@ -18,6 +18,11 @@
 //! [`senders`], [`unresolved`] and [`dedup`] replace framework ops' dispatch
 //! entries through [`dispatch`].
 
+/// The domain of the engine's wire ops (`Send`, `Recv`).
+pub(crate) const WIRE_DOMAIN: &str = "ai.bytesandbrains.wire";
+/// The domain of the engine's framework syscalls (gates, checks).
+pub(crate) const SYSCALL_DOMAIN: &str = "ai.bytesandbrains.syscall";
+
 pub(crate) mod contexts;
 pub(crate) mod deadline_gates;
 pub(crate) mod dedup;

@@ -30,11 +30,10 @@ use bb_runtime::runtime::RuntimeResourceRef;
 use bb_runtime::slot_value::SlotValue;
 use libp2p::PeerId;
 
-use super::dispatch;
+use super::{dispatch, WIRE_DOMAIN};
 use crate::peer::to_libp2p_peer;
 
 const WRAPPER: &str = "senders";
-const WIRE_DOMAIN: &str = "ai.bytesandbrains.wire";
 
 /// Notes kept per poll before the oldest goes: a poll surfaces at most a few
 /// thousand outputs, and a note nobody claims must not pile up.
@@ -58,17 +57,12 @@ pub(crate) fn stamp_outputs(graph: &mut GraphSlot) {
     if !graph.is_entry_point {
         return;
     }
-    let outputs: Vec<&String> = graph.top_level_outputs.values().collect();
-    for (node, dispatch) in graph.function.node.iter().zip(&mut graph.op_dispatch) {
-        // A wire op's outputs are sentinels, never values the application
-        // reads (and `wire.Send` has a wrapper of its own).
-        if node.domain == WIRE_DOMAIN {
-            continue;
-        }
-        if node.output.iter().any(|o| outputs.contains(&o)) {
-            dispatch::wrap(WRAPPER, node, dispatch, noting_sender);
-        }
-    }
+    let outputs: Vec<String> = graph.top_level_outputs.values().cloned().collect();
+    // A wire op's outputs are sentinels, never values the application reads
+    // (and `wire.Send` has a wrapper of its own).
+    dispatch::wrap_where(graph, WRAPPER, noting_sender, |node| {
+        node.domain != WIRE_DOMAIN && node.output.iter().any(|o| outputs.contains(o))
+    });
 }
 
 /// Runs the op, then notes its outputs with the sender of the envelope that

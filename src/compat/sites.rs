@@ -56,7 +56,8 @@ use bb_runtime::envelope::WireEnvelope;
 use bb_runtime::framework::Address;
 use bb_runtime::ids::NodeSiteId;
 
-const WIRE_DOMAIN: &str = "ai.bytesandbrains.wire";
+use super::WIRE_DOMAIN;
+
 const SYNTHESIZED_FROM_SEND: &str = "ai.bytesandbrains.synthesized_from_send";
 const SEND_SENTINEL: &str = "__send_sentinel_";
 /// Send inputs `wire.Send` itself never turns into fills.

@@ -17,6 +17,8 @@
 //! `tests/unresolved.rs::upstream_send_still_skips_unknown_peers` fails once
 //! the engine sends to such peers itself, so this can go.
 
+use std::borrow::Cow;
+
 use bb_ir::proto::onnx::NodeProto;
 use bb_runtime::atomic::DispatchResult;
 use bb_runtime::bus::OpError;
@@ -28,19 +30,17 @@ use bb_runtime::slot_value::SlotValue;
 use bb_runtime::syscall::values::{BytesValue, PeerIdVecValue};
 
 use super::dispatch;
+use super::sites::is_wire;
 
 const WRAPPER: &str = "unresolved";
-const WIRE_DOMAIN: &str = "ai.bytesandbrains.wire";
 /// The input names `wire.Send` reads its destinations from first.
 const PEER_INPUTS: [&str; 5] = ["dest", "dest_peer", "peer", "peers", "peer_id"];
 
 /// Routes every `wire.Send` of `graph` through [`resolving_peers`].
 pub(crate) fn resolve_sends(graph: &mut GraphSlot) {
-    for (node, dispatch) in graph.function.node.iter().zip(&mut graph.op_dispatch) {
-        if node.domain == WIRE_DOMAIN && node.op_type == "Send" {
-            dispatch::wrap(WRAPPER, node, dispatch, resolving_peers);
-        }
-    }
+    dispatch::wrap_where(graph, WRAPPER, resolving_peers, |node| {
+        is_wire(node, "Send")
+    });
 }
 
 /// Runs `wire.Send` with a `/p2p/<peer>` AddressBook entry for each of its
@@ -53,7 +53,7 @@ fn resolving_peers(
     let send = dispatch::original(WRAPPER, node)?;
     let book = &mut *ctx.peers.addresses;
     let mut lent = Vec::new();
-    for peer in destinations(inputs) {
+    for &peer in destinations(inputs).iter() {
         let known = book.lookup(peer).is_some_and(|a| !a.is_empty());
         // A full book refuses the entry; the engine then reports the peer
         // unresolved, and the behaviour turns that into a `SendFailed`.
@@ -74,17 +74,17 @@ fn resolving_peers(
 
 /// The destinations `wire.Send` will read from `inputs`: the first input
 /// with a peer name holding a peer list, else the second input (where
-/// `g.net_out` puts the list).
-fn destinations(inputs: &[(&str, &dyn SlotValue)]) -> Vec<EnginePeerId> {
-    let decode = |value: &dyn SlotValue| {
+/// `g.net_out` puts the list). Borrowed unless they come encoded.
+fn destinations<'a>(inputs: &[(&str, &'a dyn SlotValue)]) -> Cow<'a, [EnginePeerId]> {
+    let decode = |value: &'a dyn SlotValue| -> Option<Cow<'a, [EnginePeerId]>> {
         let any = value.as_any();
         if let Some(peers) = any.downcast_ref::<PeerIdVecValue>() {
-            return Some(peers.0.clone());
+            return Some(Cow::Borrowed(&peers.0));
         }
         let bytes = any.downcast_ref::<BytesValue>()?;
         bincode::deserialize::<PeerIdVecValue>(&bytes.0)
             .ok()
-            .map(|p| p.0)
+            .map(|p| Cow::Owned(p.0))
     };
     inputs
         .iter()

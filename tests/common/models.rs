@@ -8,7 +8,7 @@ use bytesandbrains::bus::OpError;
 use bytesandbrains::proto::onnx::ModelProto;
 use bytesandbrains::runtime::RuntimeResourceRef;
 use bytesandbrains::slot_value::SlotValue;
-use bytesandbrains::syscall::values::{BytesValue, PeerIdVecValue};
+use bytesandbrains::syscall::values::PeerIdVecValue;
 use bytesandbrains::{Compiler, Graph, Module, Node, Output};
 use libp2p::identity::Keypair;
 
@@ -175,13 +175,12 @@ pub fn send_value(
 /// The wire encoding of a bytes value, as `invoke` takes it and `AppEvent`
 /// returns it.
 pub fn bytes_value(bytes: &[u8]) -> Vec<u8> {
-    bincode::serialize(&BytesValue(bytes.to_vec())).unwrap()
+    bb_libp2p::values::bytes(bytes)
 }
 
 /// The wire encoding of a peer list.
 pub fn peers_value(peers: &[libp2p::PeerId]) -> Vec<u8> {
-    let peers = peers.iter().map(bb_libp2p::to_engine_peer).collect();
-    bincode::serialize(&PeerIdVecValue(peers)).unwrap()
+    bb_libp2p::values::peers(peers)
 }
 
 /// Invokes a sending `target` once per payload on the Node behind
