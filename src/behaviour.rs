@@ -42,6 +42,7 @@ use crate::health::Health;
 use crate::inbound::Inbound;
 use crate::metrics::GaugeShare;
 use crate::outbound::{Link, Outbound};
+use crate::relayed::RelayedConnections;
 use crate::stats::WireStats;
 use crate::Config;
 
@@ -103,6 +104,8 @@ pub struct Behaviour {
     health: Health,
     /// Peers made resolvable to the engine, with their dialable addresses.
     peers: PeerBook,
+    /// Which connections go through a relay.
+    relayed: RelayedConnections,
     /// Denied peers whose connections the swarm has been asked to close.
     disconnecting: HashSet<PeerId>,
     /// Connections handed to the inner behaviour and not yet reported
@@ -211,6 +214,7 @@ impl Behaviour {
             gauges: config.metrics().cloned().map(GaugeShare::new),
             health: Health::default(),
             peers: PeerBook::default(),
+            relayed: RelayedConnections::default(),
             disconnecting: HashSet::new(),
             establishing: HashMap::new(),
             pending: VecDeque::new(),
@@ -249,11 +253,13 @@ impl Behaviour {
     }
 
     /// Forgets every dialable address of `peer`; it stays resolvable while
-    /// it is connected.
+    /// it is connected. Envelopes to it are no longer sent again after a
+    /// transport failure ([`Config::with_delivery_window`]).
     pub fn remove_peer(&mut self, peer: &PeerId) {
         let mut changes = BookChanges::default();
         self.peers.forget_peer(&mut changes, *peer);
         self.tell_book(changes);
+        self.outbound.forget(peer);
     }
 
     /// Whether this behaviour has made `peer` resolvable to the engine.
@@ -543,6 +549,7 @@ impl NetworkBehaviour for Behaviour {
                 inner: &mut self.inner,
                 health: &self.health,
                 peers: &self.peers,
+                relayed: &self.relayed,
                 stats: self.inbound.stats_mut(),
             };
             if let Poll::Ready(outcome) = self.outbound.poll(cx, &mut link) {

@@ -25,6 +25,9 @@ pub struct Config {
     max_queued_envelopes: usize,
     max_ingress_envelopes: Option<usize>,
     wire_deadlines: bool,
+    delivery_window: Duration,
+    max_relayed_envelope_bytes: usize,
+    direct_connection_wait: Duration,
     emit_op_steps: bool,
     metrics: Option<Metrics>,
 }
@@ -55,6 +58,21 @@ impl Default for Config {
     ///   round trip above it. So by default an envelope waits as long as its
     ///   queue and the request timeout allow; turn them on where the budget
     ///   is meant.
+    /// - delivery window: 60 s. An envelope that fails for a transport
+    ///   reason (connection closed, stream error, no acknowledgement in
+    ///   time, a dial failure or back-off) to a peer connected within the
+    ///   last 60 s is sent again once the peer is reachable, until 60 s
+    ///   after the engine handed it over; only then does it fail, as
+    ///   [`SendFailure::WindowPassed`](crate::SendFailure::WindowPassed). A
+    ///   minute rides out a restarting peer, a roaming laptop or a flapping
+    ///   link, and is short enough that a peer gone for good is reported
+    ///   while the work it was part of can still be redone.
+    /// - largest envelope over a relayed connection: 64 KiB, half of what a
+    ///   relay lets through one circuit by default (128 KiB both ways, then
+    ///   it closes the circuit). A larger envelope to a peer reached only
+    ///   through a relay waits up to 30 s for a direct connection (dcutr's
+    ///   hole punch takes a few round trips), then fails as
+    ///   [`SendFailure::RelayedLimit`](crate::SendFailure::RelayedLimit).
     /// - per-op engine steps: not emitted (they fire once per op and would
     ///   flood the swarm's event stream).
     /// - metrics: none recorded.
@@ -67,6 +85,9 @@ impl Default for Config {
             max_queued_envelopes: 1024,
             max_ingress_envelopes: None,
             wire_deadlines: false,
+            delivery_window: Duration::from_secs(60),
+            max_relayed_envelope_bytes: 64 * 1024,
+            direct_connection_wait: Duration::from_secs(30),
             emit_op_steps: false,
             metrics: None,
         }
@@ -136,6 +157,33 @@ impl Config {
         self
     }
 
+    /// Sets the delivery window: how long, counted from when the engine
+    /// handed an envelope over, it may be sent again after transport
+    /// failures to a peer connected within that time. `Duration::ZERO`
+    /// sends each envelope once: its first failure is reported as it is.
+    /// See [`Config::default`].
+    pub fn with_delivery_window(mut self, window: Duration) -> Self {
+        self.delivery_window = window;
+        self
+    }
+
+    /// Sets the largest encoded envelope sent over a relayed connection
+    /// (libp2p's circuit relay). A larger one to a peer with only relayed
+    /// connections waits for a direct one; see
+    /// [`Config::with_direct_connection_wait`].
+    pub fn with_max_relayed_envelope_bytes(mut self, bytes: usize) -> Self {
+        self.max_relayed_envelope_bytes = bytes;
+        self
+    }
+
+    /// Sets how long an envelope too large for a relayed connection waits
+    /// for a direct connection to its peer before it fails as
+    /// [`SendFailure::RelayedLimit`](crate::SendFailure::RelayedLimit).
+    pub fn with_direct_connection_wait(mut self, wait: Duration) -> Self {
+        self.direct_connection_wait = wait;
+        self
+    }
+
     /// Also emit the engine's per-op steps (`OpCompleted`, `AsyncSuspended`)
     /// as [`Event::Engine`](crate::Event::Engine). Useful for tracing a graph;
     /// off by default.
@@ -190,6 +238,21 @@ impl Config {
     /// Whether envelope deadlines bound the request timeout.
     pub fn wire_deadlines(&self) -> bool {
         self.wire_deadlines
+    }
+
+    /// The delivery window.
+    pub fn delivery_window(&self) -> Duration {
+        self.delivery_window
+    }
+
+    /// The largest envelope sent over a relayed connection.
+    pub fn max_relayed_envelope_bytes(&self) -> usize {
+        self.max_relayed_envelope_bytes
+    }
+
+    /// How long an envelope waits for a direct connection.
+    pub fn direct_connection_wait(&self) -> Duration {
+        self.direct_connection_wait
     }
 
     /// Whether per-op engine steps are emitted.

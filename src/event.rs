@@ -211,6 +211,29 @@ pub enum SendFailure {
         /// or put on the wire.
         budget: Duration,
     },
+    /// The envelope failed for transport reasons and was sent again while
+    /// its peer was reachable, but was not acknowledged within the delivery
+    /// window ([`Config::with_delivery_window`](crate::Config::with_delivery_window)).
+    WindowPassed {
+        /// The delivery window.
+        window: Duration,
+        /// Why its last attempt failed.
+        last: Box<SendFailure>,
+        /// Whether any attempt may have reached the peer's engine.
+        maybe_delivered: bool,
+    },
+    /// The envelope is larger than a relayed connection may carry
+    /// ([`Config::with_max_relayed_envelope_bytes`](crate::Config::with_max_relayed_envelope_bytes)),
+    /// the peer was reachable only through a relay, and no direct
+    /// connection came within the wait. Nothing was sent.
+    RelayedLimit {
+        /// Encoded size in bytes.
+        size: usize,
+        /// The largest envelope a relayed connection carries.
+        limit: usize,
+        /// How long it waited for a direct connection.
+        waited: Duration,
+    },
 }
 
 impl SendFailure {
@@ -231,6 +254,8 @@ impl SendFailure {
             SendFailure::Denied(_) => "denied",
             SendFailure::Backoff { .. } => "backoff",
             SendFailure::DeadlineExceeded { .. } => "deadline",
+            SendFailure::WindowPassed { .. } => "window_passed",
+            SendFailure::RelayedLimit { .. } => "relayed_limit",
         }
     }
 
@@ -247,6 +272,10 @@ impl SendFailure {
                 | SendFailure::ConnectionClosed
                 | SendFailure::Io(_)
                 | SendFailure::DeadlineExceeded { .. }
+                | SendFailure::WindowPassed {
+                    maybe_delivered: true,
+                    ..
+                }
         )
     }
 
@@ -291,6 +320,21 @@ impl fmt::Display for SendFailure {
             SendFailure::DeadlineExceeded { budget } => {
                 write!(f, "waited longer than its deadline of {budget:?}")
             }
+            SendFailure::WindowPassed { window, last, .. } => {
+                write!(
+                    f,
+                    "not delivered within its window of {window:?} (last: {last})"
+                )
+            }
+            SendFailure::RelayedLimit {
+                size,
+                limit,
+                waited,
+            } => write!(
+                f,
+                "{size} bytes exceed the {limit} a relayed connection carries, \
+                 and no direct connection came within {waited:?}"
+            ),
         }
     }
 }

@@ -90,6 +90,8 @@ mod outbound;
 mod outbox;
 pub mod peer;
 pub mod ports;
+mod redelivery;
+mod relayed;
 mod stats;
 pub mod values;
 

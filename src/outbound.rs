@@ -26,6 +26,8 @@ use crate::event::{RejectKind, Rejection, SendFailure};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Outgoing};
+use crate::redelivery::{PeerState, Redelivery};
+use crate::relayed::{DirectWait, RelayedConnections};
 use crate::stats::WireStats;
 use crate::Config;
 
@@ -57,6 +59,9 @@ pub(crate) enum Outcome {
     },
     /// The peer answered busy: the envelope waits `retry_in` and goes again.
     Busy { peer: PeerId, retry_in: Duration },
+    /// An attempt failed for a transport reason; the envelope waits for
+    /// its peer to be reachable again (see `redelivery.rs`).
+    Parked { peer: PeerId, reason: SendFailure },
     /// Envelopes that waited went on the wire: the inner behaviour has
     /// requests to hand on (it does not wake the task for them itself).
     Released,
@@ -67,6 +72,7 @@ pub(crate) struct Link<'a> {
     pub(crate) inner: &'a mut request_response::Behaviour<Codec>,
     pub(crate) health: &'a Health,
     pub(crate) peers: &'a PeerBook,
+    pub(crate) relayed: &'a RelayedConnections,
     pub(crate) stats: &'a mut WireStats,
 }
 
@@ -90,6 +96,25 @@ impl Link<'_> {
     fn waits(&self, peer: &PeerId) -> bool {
         self.peers.is_connected(peer) && self.health.cooldown(peer).is_some()
     }
+
+    /// Whether `peer` is connected, only through relays.
+    fn relayed_only(&self, peer: &PeerId) -> bool {
+        let connections = self.peers.connections(peer);
+        connections > 0 && self.relayed.count(peer) >= connections
+    }
+
+    /// How `peer` stands for envelopes parked after transport failures.
+    fn state(&self, peer: &PeerId) -> PeerState {
+        if let Some(denial) = self.health.denial(peer) {
+            PeerState::Denied(SendFailure::Denied(denial))
+        } else if let Some(wait) = self.health.cooldown(peer) {
+            PeerState::Waiting(wait)
+        } else if self.peers.is_connected(peer) {
+            PeerState::Open
+        } else {
+            PeerState::Closed
+        }
+    }
 }
 
 pub(crate) struct Outbound {
@@ -105,6 +130,10 @@ pub(crate) struct Outbound {
     max_envelope_bytes: usize,
     /// Envelopes waiting for room or for a busy peer.
     outbox: Outbox,
+    /// Envelopes waiting for a cut link to come back.
+    redelivery: Redelivery,
+    /// Envelopes too large for a relay, waiting for a direct connection.
+    direct_wait: DirectWait,
     max_queued: usize,
     /// The outbox may hold envelopes that can go now.
     outbox_changed: bool,
@@ -138,6 +167,8 @@ impl Outbound {
             max_per_peer: (config.max_concurrent_streams() / 2).max(1),
             max_envelope_bytes,
             outbox: Outbox::default(),
+            redelivery: Redelivery::new(config),
+            direct_wait: DirectWait::new(config),
             max_queued: config.max_queued_envelopes(),
             outbox_changed: false,
             outbox_timer: None,
@@ -161,9 +192,10 @@ impl Outbound {
         self.in_flight.len()
     }
 
-    /// Envelopes waiting to go.
+    /// Envelopes waiting to go: for room, for a busy peer, or for a cut
+    /// link to come back.
     pub(crate) fn queued(&self) -> usize {
-        self.outbox.len()
+        self.outbox.len() + self.redelivery.len() + self.direct_wait.len()
     }
 
     /// Every envelope not acknowledged yet, on the wire or waiting.
@@ -171,36 +203,44 @@ impl Outbound {
         self.in_flight
             .values()
             .chain(self.outbox.iter())
+            .chain(self.redelivery.iter())
+            .chain(self.direct_wait.iter())
             .map(|o| o.envelope.as_ref())
+    }
+
+    /// A connection with `peer` was established (`connected`) or closed.
+    pub(crate) fn reached(&mut self, peer: PeerId, connected: bool) {
+        self.redelivery.reached(peer, connected);
+    }
+
+    /// The application forgot `peer`: envelopes to it are no longer sent
+    /// again after a transport failure.
+    pub(crate) fn forget(&mut self, peer: &PeerId) {
+        self.redelivery.forget(peer);
+    }
+
+    /// A direct (not relayed) connection with `peer` was established.
+    pub(crate) fn direct(&mut self, peer: PeerId) {
+        self.direct_wait.direct(peer);
     }
 
     /// Sends `envelope` to `peer` now, or queues it.
     pub(crate) fn send(&mut self, link: &mut Link<'_>, peer: PeerId, envelope: WireEnvelope) {
         let wire_req_id = envelope.correlation.as_ref().map(|c| c.wire_req_id);
-        let fail = |reason| Outcome::Failed {
-            peer: Some(peer),
-            wire_req_id,
-            reason,
-        };
-        if let Some(refusal) = link.refusal(&peer) {
-            return self.outcomes.push_back(fail(refusal));
-        }
         let size = envelope.encoded_len();
         if size > self.max_envelope_bytes {
             let cap = self.max_envelope_bytes;
-            return self
-                .outcomes
-                .push_back(fail(SendFailure::Oversize { size, cap }));
+            return self.outcomes.push_back(Outcome::Failed {
+                peer: Some(peer),
+                wire_req_id,
+                reason: SendFailure::Oversize { size, cap },
+            });
         }
         let span = tracing::debug_span!("envelope", %peer, wire_req_id, size);
-        let outgoing = Outgoing {
-            peer,
-            wire_req_id,
-            envelope: Arc::new(envelope),
-            busy_answers: 0,
-            since: Instant::now(),
-            span,
-        };
+        let outgoing = Outgoing::new(peer, wire_req_id, Arc::new(envelope), span);
+        if let Some(refusal) = link.refusal(&peer) {
+            return self.end(outgoing, refusal);
+        }
         if self.in_flight.len() < self.max_in_flight
             && self.peer_room(&peer) > 0
             && !link.waits(&peer)
@@ -257,11 +297,23 @@ impl Outbound {
             OutboundFailure::Io(e) => SendFailure::Io(e.to_string()),
         };
         tracing::debug!(parent: &outgoing.span, %reason, "failed");
-        self.outcomes.push_back(Outcome::Failed {
-            peer: Some(outgoing.peer),
-            wire_req_id: outgoing.wire_req_id,
-            reason,
-        });
+        self.end(outgoing, reason);
+    }
+
+    /// An attempt of `outgoing` failed with `reason`: it waits for its
+    /// peer when the failure was the link's and its window allows, and
+    /// fails otherwise.
+    fn end(&mut self, outgoing: Outgoing, reason: SendFailure) {
+        let peer = outgoing.peer;
+        let outcome = match self.redelivery.park(outgoing, reason.clone()) {
+            None => Outcome::Parked { peer, reason },
+            Some((outgoing, reason)) => Outcome::Failed {
+                peer: Some(peer),
+                wire_req_id: outgoing.wire_req_id,
+                reason,
+            },
+        };
+        self.outcomes.push_back(outcome);
     }
 
     /// The next outcome; otherwise fails expired envelopes and sends what
@@ -272,11 +324,48 @@ impl Outbound {
         }
         self.expire_deadlines(cx);
         self.watch(cx);
+        self.redeliver(cx, &*link);
+        self.await_direct(cx);
         let released = self.release(cx, link);
         match self.outcomes.pop_front() {
             Some(outcome) => Poll::Ready(outcome),
             None if released => Poll::Ready(Outcome::Released),
             None => Poll::Pending,
+        }
+    }
+
+    /// Queues again the parked envelopes whose peer is reachable; fails
+    /// those whose window passed.
+    fn redeliver(&mut self, cx: &mut Context<'_>, link: &Link<'_>) {
+        let found = self.redelivery.poll(cx, |peer| link.state(peer));
+        for (outgoing, reason) in found.expired {
+            tracing::debug!(parent: &outgoing.span, %reason, "not delivered");
+            self.outcomes.push_back(Outcome::Failed {
+                peer: Some(outgoing.peer),
+                wire_req_id: outgoing.wire_req_id,
+                reason,
+            });
+        }
+        // In reverse, as each goes in front: they keep their order.
+        for outgoing in found.ready.into_iter().rev() {
+            self.queue(outgoing, true);
+        }
+    }
+
+    /// Queues again the envelopes whose peer now has a direct connection;
+    /// fails those that waited too long for one.
+    fn await_direct(&mut self, cx: &mut Context<'_>) {
+        let found = self.direct_wait.poll(cx);
+        for (outgoing, reason) in found.expired {
+            tracing::debug!(parent: &outgoing.span, %reason, "no direct connection");
+            self.outcomes.push_back(Outcome::Failed {
+                peer: Some(outgoing.peer),
+                wire_req_id: outgoing.wire_req_id,
+                reason,
+            });
+        }
+        for outgoing in found.ready.into_iter().rev() {
+            self.queue(outgoing, true);
         }
     }
 
@@ -322,15 +411,28 @@ impl Outbound {
     /// Puts an envelope on the wire, charging the time it waited here
     /// against its deadline.
     fn transmit(&mut self, link: &mut Link<'_>, mut outgoing: Outgoing) {
+        // Its peer was denied, or failed, while it waited in the queue.
+        if let Some(refusal) = link.refusal(&outgoing.peer) {
+            return self.end(outgoing, refusal);
+        }
+        // Too large for the relay its peer is reached through.
+        if link.relayed_only(&outgoing.peer)
+            && self.direct_wait.too_large(outgoing.envelope.encoded_len())
+        {
+            if let Some((outgoing, reason)) = self.direct_wait.hold(outgoing) {
+                self.outcomes.push_back(Outcome::Failed {
+                    peer: Some(outgoing.peer),
+                    wire_req_id: outgoing.wire_req_id,
+                    reason,
+                });
+            }
+            return;
+        }
         let fail = |reason| Outcome::Failed {
             peer: Some(outgoing.peer),
             wire_req_id: outgoing.wire_req_id,
             reason,
         };
-        // Its peer was denied, or failed, while it waited in the queue.
-        if let Some(refusal) = link.refusal(&outgoing.peer) {
-            return self.outcomes.push_back(fail(refusal));
-        }
         let waited = outgoing.since.elapsed().as_nanos() as u64;
         let remaining = outgoing.envelope.remaining_deadline_ns;
         if self.wire_deadlines && remaining > 0 && waited > 0 {
@@ -390,11 +492,7 @@ impl Outbound {
             for request_id in stranded {
                 if let Some(outgoing) = self.settle(&request_id) {
                     tracing::warn!(peer = %outgoing.peer, "request stranded past its timeout; ended");
-                    self.outcomes.push_back(Outcome::Failed {
-                        peer: Some(outgoing.peer),
-                        wire_req_id: outgoing.wire_req_id,
-                        reason: SendFailure::Timeout,
-                    });
+                    self.end(outgoing, SendFailure::Timeout);
                 }
             }
         }

@@ -26,6 +26,34 @@ pub(crate) struct Outgoing {
     /// The envelope's span (peer, engine request id, size): what is logged
     /// of it is logged inside.
     pub(crate) span: tracing::Span,
+    /// When the engine handed it over: its delivery window counts from here.
+    pub(crate) born: Instant,
+    /// Times it was parked to go again after a transport failure.
+    pub(crate) resends: u32,
+    /// Whether an earlier attempt may have reached the peer.
+    pub(crate) maybe_delivered: bool,
+}
+
+impl Outgoing {
+    pub(crate) fn new(
+        peer: PeerId,
+        wire_req_id: Option<u64>,
+        envelope: Arc<WireEnvelope>,
+        span: tracing::Span,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            peer,
+            wire_req_id,
+            envelope,
+            busy_answers: 0,
+            since: now,
+            span,
+            born: now,
+            resends: 0,
+            maybe_delivered: false,
+        }
+    }
 }
 
 /// A first-in, first-out queue of [`Outgoing`] envelopes; its owner bounds
@@ -106,14 +134,7 @@ mod tests {
     use super::*;
 
     fn out(peer: PeerId, id: u64) -> Outgoing {
-        Outgoing {
-            peer,
-            wire_req_id: Some(id),
-            envelope: Arc::default(),
-            busy_answers: 0,
-            since: Instant::now(),
-            span: tracing::Span::none(),
-        }
+        Outgoing::new(peer, Some(id), Arc::default(), tracing::Span::none())
     }
 
     fn ids(v: &[Outgoing]) -> Vec<u64> {

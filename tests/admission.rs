@@ -16,12 +16,21 @@ use libp2p::{Multiaddr, PeerId, Swarm};
 
 /// Swarms running Ping: the first `senders` send, the rest receive.
 fn swarms(senders: usize, receivers: usize) -> (Vec<Swarm<Behaviour>>, String) {
+    swarms_with(senders, receivers, bb_libp2p::Config::default())
+}
+
+/// [`swarms`] with `config`.
+fn swarms_with(
+    senders: usize,
+    receivers: usize,
+    config: bb_libp2p::Config,
+) -> (Vec<Swarm<Behaviour>>, String) {
     let (model, targets) = compile(Ping);
     let swarms = (0..senders + receivers)
         .map(|i| {
             let key = Keypair::generate_ed25519();
             let target = &targets[usize::from(i >= senders)];
-            let behaviour = bb_behaviour(&key, &model, &[target], bb_libp2p::Config::default());
+            let behaviour = bb_behaviour(&key, &model, &[target], config.clone());
             memory_swarm(key, behaviour)
         })
         .collect();
@@ -185,7 +194,11 @@ async fn a_blocked_peer_gets_no_connection_either_way() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn blocking_a_connected_peer_disconnects_it_and_drops_its_envelopes() {
-    let (mut s, sender) = swarms(1, 1);
+    // A cannot tell B's refusal from a cut link: it tries again for its
+    // delivery window, kept short here.
+    let window = Duration::from_millis(300);
+    let config = bb_libp2p::Config::default().with_delivery_window(window);
+    let (mut s, sender) = swarms_with(1, 1, config);
     let (mut a, mut b) = (s.remove(0), s.remove(0));
     let (pa, pb) = (*a.local_peer_id(), *b.local_peer_id());
     connect(&mut a, &mut b).await;
@@ -240,6 +253,9 @@ async fn blocking_a_connected_peer_disconnects_it_and_drops_its_envelopes() {
     )
     .await;
     assert_eq!(failed.len(), 3, "one failure per envelope: {failed:?}");
+    for reason in &failed {
+        assert_eq!(reason.label(), "window_passed", "{reason}");
+    }
     assert!(!a.is_connected(&pb));
 }
 

@@ -471,7 +471,9 @@ async fn dropping_a_swarm_mid_transfer_stops_its_engine() {
     .unwrap();
     drop(pool);
     let mut b = memory_swarm(key, receiver);
-    let mut a = common::models::bb_swarm(&model, &[&targets[0]]);
+    // Each envelope is tried once: B does not come back.
+    let once = Config::default().with_delivery_window(Duration::ZERO);
+    let mut a = common::models::bb_swarm_with(&model, &[&targets[0]], once);
     connect(&mut a, &mut b).await;
     let (b_node, pb) = (b.behaviour().handle(), *b.local_peer_id());
     assert_eq!(threads_named("bbt-drop"), 1);

@@ -182,12 +182,13 @@ async fn unanswered_envelope_times_out() {
     let addr = addr.await;
     // The Send's 100 ms deadline would end it first (see
     // `envelope_deadline_bounds_the_wire`); the request timeout is what is
-    // tested here.
+    // tested here, as the first attempt's failure (no delivery window).
     let (mut a, id) = sender_to(
         dest,
         Config::default()
             .with_request_timeout(TIMEOUT)
-            .with_wire_deadlines(false),
+            .with_wire_deadlines(false)
+            .with_delivery_window(Duration::ZERO),
     );
     a.add_peer_address(dest, addr);
     let reason = expect_failure(&mut a, dest, id).await;
@@ -238,7 +239,8 @@ async fn closed_connection_fails_the_envelope() {
         dest,
         Config::default()
             .with_request_timeout(Duration::from_secs(30))
-            .with_wire_deadlines(false),
+            .with_wire_deadlines(false)
+            .with_delivery_window(Duration::ZERO),
     );
     a.add_peer_address(dest, addr);
     // Once the request is out, the server goes away.

@@ -50,7 +50,11 @@ impl Federated {
         let key = Keypair::generate_ed25519();
         let coordinator = key.public().to_peer_id();
         let federation = Arc::new(Federation::new(&coordinator));
-        let behaviour = Behaviour::new(federation.make_coordinator(&key), Config::default())
+        // A client that left is sent its parameters again for the delivery
+        // window; kept well inside a round's budget here, so that its round
+        // closes early once the window passes.
+        let config = Config::default().with_delivery_window(Duration::from_secs(3));
+        let behaviour = Behaviour::new(federation.make_coordinator(&key), config)
             .expect("the coordinator's Node starts");
         let node = behaviour.handle();
         let mut swarms = vec![memory_swarm(key, behaviour)];

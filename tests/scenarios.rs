@@ -23,7 +23,7 @@ use std::time::Duration;
 use bb_libp2p::{Behaviour, Config, EngineStep, Event, SendFailure};
 use bytesandbrains::proto::onnx::ModelProto;
 use common::models::{compile, install, invoke_send, Ping};
-use common::{hold_engine, listen, memory_swarm, run_for};
+use common::{hold_engine, listen, memory_swarm, run_for, until};
 use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::identity::Keypair;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -121,7 +121,9 @@ fn node_swarm<M: Mesh>(
             }
             Ok::<_, std::convert::Infallible>(node)
         },
-        Config::default(),
+        // Envelopes caught by disconnects and blocks go again for 5 s (a
+        // minute by default), so every send ends within the settling time.
+        Config::default().with_delivery_window(Duration::from_secs(5)),
     )
     .expect("the Node starts");
     memory_swarm(key.clone(), M::wrap(bb))
@@ -298,7 +300,22 @@ async fn scenario<M: Mesh>(seed: u64) {
                     blocked.retain(|(from, _)| *from != i);
                     restarted.insert(i);
                     swarms[i] = node_swarm(&keys[i], &model, &targets, Some(snapshot));
-                    addrs[i] = listen(&mut swarms[i]).await;
+                    // The restored Node sends what it carried at once: its
+                    // outcomes count from the first poll.
+                    swarms[i].listen_on("/memory/0".parse().unwrap()).unwrap();
+                    addrs[i] = until(
+                        &mut [&mut swarms[i]],
+                        Duration::from_secs(10),
+                        "a listen address",
+                        |_, e| match e {
+                            SwarmEvent::NewListenAddr { address, .. } => Some(address),
+                            e => {
+                                record::<M>(&mut ledger, &peers, i, e);
+                                None
+                            }
+                        },
+                    )
+                    .await;
                     for (j, swarm) in swarms.iter_mut().enumerate() {
                         if j != i {
                             swarm.add_peer_address(peers[i], addrs[i].clone());
@@ -357,9 +374,17 @@ async fn scenario<M: Mesh>(seed: u64) {
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "seed {seed}: sends {:?}, outcomes {:?}",
+            "seed {seed}: sends {:?}, outcomes {:?}, held (in flight, queued) {:?}",
             ledger.sends,
-            ledger.outcomes
+            ledger.outcomes,
+            swarms
+                .iter()
+                .map(|s| (
+                    s.behaviour().bb().envelopes_in_flight(),
+                    s.behaviour().bb().envelopes_queued(),
+                    s.behaviour().bb().engine_backlog()
+                ))
+                .collect::<Vec<_>>()
         );
     }
     // A late outcome would be a second one.

@@ -61,6 +61,20 @@ impl Behaviour {
         let mut changes = BookChanges::default();
         let _ = self.peers.connected(&mut changes, peer, dialed);
         self.tell_book(changes);
+        self.outbound.reached(peer, true);
+        if established.endpoint.is_relayed() {
+            self.relayed.established(peer, established.connection_id);
+        } else {
+            // Direct now: nothing more goes through a relay (see relayed.rs).
+            for connection in self.relayed.of(&peer) {
+                tracing::debug!(%peer, ?connection, "direct connection; closing the relayed one");
+                self.pending.push_back(ToSwarm::CloseConnection {
+                    peer_id: peer,
+                    connection: CloseConnection::One(connection),
+                });
+            }
+            self.outbound.direct(peer);
+        }
         // Admitted, so no longer on its way out: a later denial closes it
         // again. (A connection is no answer: a peer that accepts and drops it
         // keeps its failure streak; only an acknowledgement clears that.)
@@ -94,6 +108,8 @@ impl Behaviour {
         self.peers
             .disconnected(&mut changes, peer, closed.remaining_established);
         self.tell_book(changes);
+        self.outbound.reached(peer, false);
+        self.relayed.closed(peer, closed.connection_id);
         if closed.remaining_established == 0 {
             self.disconnecting.remove(&peer);
         }

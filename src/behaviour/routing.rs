@@ -102,6 +102,7 @@ impl Behaviour {
             inner: &mut self.inner,
             health: &self.health,
             peers: &self.peers,
+            relayed: &self.relayed,
             stats: self.inbound.stats_mut(),
         };
         self.outbound.send(&mut link, peer, envelope);
@@ -139,6 +140,10 @@ impl Behaviour {
                     cause: bb_runtime::framework::BackoffCause::QueueFull,
                 });
             }
+            Outcome::Parked { peer, reason } => {
+                tracing::debug!(%peer, %reason, "envelope waits for its peer");
+                self.record_failure(peer, &reason);
+            }
             Outcome::Released => {}
         }
     }
@@ -157,15 +162,8 @@ impl Behaviour {
             (reason, _) => reason,
         };
         tracing::debug!(?peer, ?wire_req_id, %reason, "envelope not delivered");
-        // A peer this Node denied did not fail; its closed connections are
-        // this Node's doing.
-        let denied = peer.is_some_and(|p| self.health.denial(&p).is_some());
-        if let Some(peer) = peer.filter(|_| reason.is_unreachable() && !denied) {
-            let transition = self.health.failed(peer);
-            self.engine
-                .tell(ToEngine::Health(peer, HealthRecord::Failure));
-            self.report_transition(peer, transition);
-            self.bound_health();
+        if let Some(peer) = peer {
+            self.record_failure(peer, &reason);
         }
         // An envelope without a request has nothing for the engine to end.
         if let Some(wire_req_id) = wire_req_id {
@@ -182,6 +180,21 @@ impl Behaviour {
             wire_req_id,
             reason,
         });
+    }
+
+    /// Counts a failure that says `peer` could not be reached towards its
+    /// back-off and failure streak.
+    fn record_failure(&mut self, peer: PeerId, reason: &SendFailure) {
+        // A peer this Node denied did not fail; its closed connections are
+        // this Node's doing.
+        if !reason.is_unreachable() || self.health.denial(&peer).is_some() {
+            return;
+        }
+        let transition = self.health.failed(peer);
+        self.engine
+            .tell(ToEngine::Health(peer, HealthRecord::Failure));
+        self.report_transition(peer, transition);
+        self.bound_health();
     }
 
     pub(super) fn report(&mut self, event: Event) {

@@ -238,3 +238,4 @@ pub fn raw_wire(timeout: Duration) -> libp2p::request_response::Behaviour<RawCod
         libp2p::request_response::Config::default().with_request_timeout(timeout),
     )
 }
+pub mod link;
