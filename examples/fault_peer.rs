@@ -10,7 +10,7 @@
 //!     [--transport tcp|quic] [--snapshot-to FILE] [--restore-from FILE]
 //!     [--stop-after SECS] [--size BYTES] [--request-timeout SECS]
 //!     [--drain-timeout SECS] [--max-in-flight N] [--wire-deadlines]
-//!     [--restore-graphs]
+//!     [--delivery-window SECS] [--restore-graphs]
 //! ```
 //!
 //! Both roles take `--metrics <host:port>` to serve Prometheus metrics at
@@ -156,6 +156,8 @@ struct Common {
     request_timeout: Duration,
     wire_deadlines: bool,
     max_in_flight: Option<usize>,
+    /// `Config::with_delivery_window`, when not the default.
+    delivery_window: Option<Duration>,
     /// Serves Prometheus metrics here.
     metrics: Option<SocketAddr>,
 }
@@ -169,6 +171,9 @@ impl Common {
             .with_wire_deadlines(self.wire_deadlines);
         if let Some(envelopes) = self.max_in_flight {
             config = config.with_max_envelopes_in_flight(envelopes);
+        }
+        if let Some(window) = self.delivery_window {
+            config = config.with_delivery_window(window);
         }
         Ok(metrics_endpoint::with_metrics(config, self.metrics).await?)
     }
@@ -217,6 +222,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(Role, Common)> 
         request_timeout: Duration::from_secs(5),
         wire_deadlines: false,
         max_in_flight: None,
+        delivery_window: None,
         metrics: None,
     };
     let (mut listen, mut dial, mut count, mut rate) = (None, None, None, None);
@@ -251,6 +257,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(Role, Common)> 
             "--stop-after" => stop_after = Some(seconds(&value)?),
             "--request-timeout" => common.request_timeout = seconds(&value)?,
             "--max-in-flight" => common.max_in_flight = Some(value.parse()?),
+            "--delivery-window" => common.delivery_window = Some(seconds(&value)?),
             "--drain-timeout" => drain_timeout = seconds(&value)?,
             _ => return Err(format!("unexpected argument {flag:?}").into()),
         }

@@ -6,7 +6,7 @@ mod common;
 use std::task::Poll;
 use std::time::Duration;
 
-use bb_libp2p::{Address, EngineStep, Event, IngressEvent};
+use bb_libp2p::{Address, Behaviour, Config, EngineStep, Event, IngressEvent};
 use common::models::{bb_swarm, compile, install, invoke_send, send_value, Ping};
 use common::{connect, until};
 use libp2p::identity::Keypair;
@@ -69,36 +69,107 @@ async fn equal_values_from_two_senders_and_again_all_arrive() {
 async fn a_second_delivery_of_one_envelope_is_dropped() {
     let (model, targets) = compile(Ping);
     let mut r = bb_swarm(&model, &[&targets[1]]);
-    let mut envelope = sent_envelope(&model, &targets[0], *r.local_peer_id(), b"once");
-    // As on the wire: the data fill addressed to the port, no local fills.
-    envelope.fills.truncate(1);
-    envelope.fills[0].dest_suffix = Address::empty()
-        .site(bb_runtime::ids::NodeSiteId::from(
-            bb_libp2p::sites::portable_site_id("port"),
-        ))
-        .to_bytes();
+    let envelope = wire_envelope(&model, &targets[0], *r.local_peer_id(), b"once");
     let (a, b) = (PeerId::random(), PeerId::random());
     for from in [a, a, b] {
         r.behaviour_mut()
             .inject_envelope(from, envelope.clone())
             .expect("taken");
     }
+    let (mut outputs, duplicates) = outputs_of(&mut r).await;
+    outputs.sort();
+    let mut want = vec![Some(a), Some(b)];
+    want.sort();
+    assert_eq!(outputs, want);
+    assert_eq!(duplicates, 1);
+}
+
+/// A receiver restarted from its snapshot drops an envelope it took before
+/// the snapshot (a sender whose acknowledgement was lost sends it again):
+/// the keys of what it took are in the snapshot.
+#[tokio::test(flavor = "current_thread")]
+async fn a_receiver_restarted_from_its_snapshot_does_not_take_twice() {
+    let (model, targets) = compile(Ping);
+    let key = Keypair::generate_ed25519();
+    let receiver = |snapshot: Option<bb_libp2p::NodeSnapshot>| {
+        let (k, m, t) = (key.clone(), model.clone(), targets[1].clone());
+        let behaviour = Behaviour::new(
+            move || {
+                let mut node = install(&k, &m, &[&t]);
+                if let Some(snapshot) = snapshot {
+                    Behaviour::restore(&mut node, snapshot).expect("restores");
+                }
+                Ok::<_, std::convert::Infallible>(node)
+            },
+            Config::default(),
+        )
+        .expect("the Node starts");
+        common::memory_swarm(key.clone(), behaviour)
+    };
+    let mut r = receiver(None);
+    let envelope = wire_envelope(&model, &targets[0], *r.local_peer_id(), b"once");
+    let (a, b) = (PeerId::random(), PeerId::random());
+    r.behaviour_mut()
+        .inject_envelope(a, envelope.clone())
+        .expect("taken");
+    assert_eq!(outputs_of(&mut r).await, (vec![Some(a)], 0));
+    let snapshot = r.behaviour().snapshot().await.expect("a snapshot");
+    drop(r);
+
+    let mut r = receiver(Some(snapshot));
+    for from in [a, b] {
+        r.behaviour_mut()
+            .inject_envelope(from, envelope.clone())
+            .expect("taken");
+    }
+    assert_eq!(outputs_of(&mut r).await, (vec![Some(b)], 1));
+    // And the restored receiver's own snapshot carries the keys on.
+    let snapshot = r.behaviour().snapshot().await.expect("a snapshot");
+    drop(r);
+    let mut r = receiver(Some(snapshot));
+    for from in [a, b] {
+        r.behaviour_mut()
+            .inject_envelope(from, envelope.clone())
+            .expect("taken");
+    }
+    assert_eq!(outputs_of(&mut r).await, (vec![], 2));
+}
+
+/// The senders of what `r` outputs within 300 ms, and how many envelopes
+/// its dedup gate dropped.
+async fn outputs_of(r: &mut libp2p::Swarm<Behaviour>) -> (Vec<Option<PeerId>>, usize) {
     let (mut outputs, mut duplicates) = (Vec::new(), 0);
-    common::run_for(&mut [&mut r], Duration::from_millis(300), |_, e| match e {
+    common::run_for(&mut [r], Duration::from_millis(300), |_, e| match e {
         SwarmEvent::Behaviour(Event::AppEvent { sender, .. }) => outputs.push(sender),
         SwarmEvent::Behaviour(Event::Engine(EngineStep::OpFailed { error, .. }))
             if error.detail.contains("duplicate") =>
         {
             duplicates += 1
         }
+        SwarmEvent::NewListenAddr { .. } => {}
         other => panic!("{other:?}"),
     })
     .await;
-    outputs.sort();
-    let mut want = vec![Some(a), Some(b)];
-    want.sort();
-    assert_eq!(outputs, want);
-    assert_eq!(duplicates, 1);
+    (outputs, duplicates)
+}
+
+/// The envelope a bare Node running `target` sends to `to` for `payload`,
+/// as it crosses the wire: the data fill addressed to the port, no local
+/// fills.
+fn wire_envelope(
+    model: &bytesandbrains::proto::onnx::ModelProto,
+    target: &str,
+    to: PeerId,
+    payload: &[u8],
+) -> bb_libp2p::WireEnvelope {
+    let mut envelope = sent_envelope(model, target, to, payload);
+    envelope.fills.truncate(1);
+    envelope.fills[0].dest_suffix = Address::empty()
+        .site(bb_runtime::ids::NodeSiteId::from(
+            bb_libp2p::sites::portable_site_id("port"),
+        ))
+        .to_bytes();
+    envelope
 }
 
 /// The envelope a bare Node running `target` sends to `to` for `payload`.

@@ -14,22 +14,33 @@
 //! in the engine's own window: a value from another peer, or from another
 //! Send of the same peer, passes.
 //!
-//! Its limit: a restored Node's request ids start again from 1, so after a
+//! Its limit: a restored Node's request ids start again from 0, so after a
 //! restart the same Send sending the same bytes under a reused id is still
 //! taken for a duplicate while the old one is in the window.
+//!
+//! The engine's window is not in its snapshot (0.3.8 declares it there but
+//! never fills it), so a receiver restarted from its snapshot would take
+//! again an envelope it took before. [`Taken`] keeps the keys this gate
+//! recorded, as many as the window holds, and carries them in the
+//! snapshot's unused `wire_states` under [`SNAPSHOT_KEY`]; a restore puts
+//! them back in the engine's window.
 //!
 //! `tests/equal_values.rs::upstream_dedup_still_keys_on_the_payload` fails
 //! once upstream keys the gate on something else, so this can go.
 
+use std::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 
 use bb_ir::proto::onnx::NodeProto;
 use bb_runtime::atomic::DispatchResult;
 use bb_runtime::bus::{OpError, OpErrorKind};
 use bb_runtime::engine::GraphSlot;
+use bb_runtime::node::Node;
 use bb_runtime::runtime::RuntimeResourceRef;
 use bb_runtime::slot_value::SlotValue;
+use bb_runtime::snapshot::NodeSnapshot;
 
 use super::{dispatch, SYSCALL_DOMAIN};
 
@@ -64,14 +75,127 @@ fn per_envelope(
     ctx.current.inbound.src_peer.hash(&mut hasher);
     ctx.current.inbound.wire_req_id.hash(&mut hasher);
     bytes.hash(&mut hasher);
-    if ctx.net.dedup.record(hasher.finish()) {
+    let key = hasher.finish();
+    if ctx.net.dedup.record(key) {
         return Err(OpError {
             detail: "DedupGateRx dropped envelope: reason=duplicate".into(),
             ..Default::default()
         });
     }
+    TAKEN.with(|taken| {
+        if let Some(taken) = taken.borrow_mut().as_mut() {
+            taken.push(key);
+        }
+    });
     Ok(DispatchResult::Immediate(vec![(
         "value".to_string(),
         value.clone_boxed(),
     )]))
+}
+
+/// Where a snapshot carries [`Taken`]'s keys in `transient.wire_states`
+/// ("bbdd"), which the engine 0.3.8 neither fills nor reads.
+pub(crate) const SNAPSHOT_KEY: u32 = 0x6262_6464;
+
+thread_local! {
+    /// The keys of the Node whose engine runs on this thread now.
+    static TAKEN: RefCell<Option<Taken>> = const { RefCell::new(None) };
+    /// Keys a restore put back, for the host built next on this thread.
+    static RESTORED: RefCell<Option<Taken>> = const { RefCell::new(None) };
+}
+
+/// The keys one Node's gate recorded, oldest first, as many as the
+/// engine's window holds: what a snapshot carries.
+#[derive(Debug, Default)]
+pub(crate) struct Taken {
+    keys: VecDeque<u64>,
+    capacity: usize,
+}
+
+impl Taken {
+    /// The keys of `node`: those its restore put back, or none.
+    pub(crate) fn of(node: &mut Node) -> Self {
+        let capacity = node
+            .engine_install_handle()
+            .framework
+            .inbound_dedup
+            .capacity();
+        let mut taken = RESTORED.with(|r| r.borrow_mut().take()).unwrap_or_default();
+        taken.capacity = capacity;
+        while taken.keys.len() > capacity {
+            taken.keys.pop_front();
+        }
+        taken
+    }
+
+    fn push(&mut self, key: u64) {
+        if self.keys.len() >= self.capacity.max(1) {
+            self.keys.pop_front();
+        }
+        self.keys.push_back(key);
+    }
+
+    /// Runs `f` (an engine cycle) with the keys the gate records going
+    /// here.
+    pub(crate) fn during<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        TAKEN.with(|t| *t.borrow_mut() = Some(std::mem::take(self)));
+        let result = f();
+        if let Some(taken) = TAKEN.with(|t| t.borrow_mut().take()) {
+            *self = taken;
+        }
+        result
+    }
+
+    /// Carries the keys in `snapshot`.
+    pub(crate) fn save(&self, snapshot: &mut NodeSnapshot) {
+        let bytes = self.keys.iter().flat_map(|k| k.to_le_bytes()).collect();
+        snapshot.transient.wire_states.insert(SNAPSHOT_KEY, bytes);
+    }
+
+    /// Takes the keys out of `snapshot`, to [`Taken::put_back`] once it is
+    /// restored.
+    pub(crate) fn take_from(snapshot: &mut NodeSnapshot) -> Self {
+        let bytes = snapshot
+            .transient
+            .wire_states
+            .remove(&SNAPSHOT_KEY)
+            .unwrap_or_default();
+        let keys = bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("eight bytes")))
+            .collect();
+        Self { keys, capacity: 0 }
+    }
+
+    /// Records the keys in `node`'s window, oldest first, and keeps them for
+    /// the host that runs it.
+    pub(crate) fn put_back(self, node: &mut Node) {
+        let dedup = &mut node.engine_install_handle().framework.inbound_dedup;
+        for key in &self.keys {
+            dedup.record(*key);
+        }
+        RESTORED.with(|r| *r.borrow_mut() = Some(self));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_bounded_and_round_trip_through_a_snapshot() {
+        let mut taken = Taken {
+            keys: VecDeque::new(),
+            capacity: 3,
+        };
+        for key in 1..=5 {
+            taken.push(key);
+        }
+        assert_eq!(taken.keys, [3, 4, 5]);
+        let mut snapshot = NodeSnapshot::default();
+        taken.save(&mut snapshot);
+        let back = Taken::take_from(&mut snapshot);
+        assert_eq!(back.keys, [3, 4, 5]);
+        assert!(snapshot.transient.wire_states.is_empty());
+    }
 }

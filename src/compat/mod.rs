@@ -45,9 +45,14 @@ use bb_runtime::snapshot::NodeSnapshot;
 /// to no graph and every later `invoke` does nothing, without an error. The
 /// freshly installed graphs stand in for the snapshot's instead (executions
 /// that were part-way through a graph are not carried over).
+/// The keys of the envelopes the Node's receive dedup gate took come back
+/// too (see `dedup.rs`), so a restarted receiver does not take them again.
 pub(crate) fn restore(node: &mut Node, mut snapshot: NodeSnapshot) -> Result<(), RestoreError> {
     snapshot.graphs.clear();
-    node.restore(snapshot)
+    let taken = dedup::Taken::take_from(&mut snapshot);
+    node.restore(snapshot)?;
+    taken.put_back(node);
+    Ok(())
 }
 
 /// The event that fails the op parked on `wire_req_id`, if one is.

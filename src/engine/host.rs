@@ -145,6 +145,8 @@ pub(crate) struct Links {
 /// A Node and its clock, on an engine thread.
 pub(crate) struct Host {
     node: Node,
+    /// The keys the Node's receive dedup gate took, for its snapshots.
+    taken: dedup::Taken,
     clock: Clock,
     pruner: Pruner,
     sites: Sites,
@@ -203,9 +205,11 @@ impl Host {
             ingress_byte_budget: node.config().ingress_byte_budget,
         };
         senders::Notes::clear();
-        let bootstrap = node.run_bootstrap(&[]);
+        let mut taken = dedup::Taken::of(&mut node);
+        let bootstrap = taken.during(|| node.run_bootstrap(&[]));
         let mut host = Self {
             node,
+            taken,
             clock,
             pruner: Pruner::default(),
             sites,
@@ -279,7 +283,11 @@ impl Host {
         for envelope in before.iter().cloned().chain(unacknowledged) {
             queue.push(envelope);
         }
-        let snapshot = self.node.snapshot().map_err(SnapshotFailed::Engine);
+        let snapshot = self.node.snapshot().map(|mut snapshot| {
+            self.taken.save(&mut snapshot);
+            snapshot
+        });
+        let snapshot = snapshot.map_err(SnapshotFailed::Engine);
         let queue = &mut self.node.engine_install_handle().framework.outbound_queue;
         queue.drain_all();
         for envelope in before {
@@ -298,7 +306,11 @@ impl Host {
                 break;
             }
             senders::Notes::clear();
-            if let Poll::Ready(steps) = self.node.poll(&mut Context::from_waker(waker)) {
+            let node = &mut self.node;
+            let polled = self
+                .taken
+                .during(|| node.poll(&mut Context::from_waker(waker)));
+            if let Poll::Ready(steps) = polled {
                 self.clock_dirty = true;
                 self.on_steps(steps);
             }
@@ -530,7 +542,8 @@ impl Host {
         let envelopes = bytes.envelopes_pushed.load(Ordering::Acquire);
         senders::Notes::clear();
         let started = self.links.metrics.as_ref().map(|_| Instant::now());
-        let polled = self.node.poll(cx);
+        let node = &mut self.node;
+        let polled = self.taken.during(|| node.poll(cx));
         if let (Some(metrics), Some(started)) = (&self.links.metrics, started) {
             metrics.engine_polled(started.elapsed());
         }

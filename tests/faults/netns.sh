@@ -7,8 +7,13 @@
 #   b. receiver killed   kill -9 mid-stream: every envelope ends acknowledged
 #                        or as a SendFailed event, nothing stays in flight,
 #                        the engine's parked ops return to their baseline
+#                        (the sender's delivery window is 5 s here, as the
+#                        receiver does not come back)
 #   c. link cut          the receiver's link down for a few seconds, then up:
-#                        acknowledgements resume without restarting anything
+#                        acknowledgements resume without restarting anything,
+#                        and the envelopes the cut failed are sent again
+#                        within the delivery window (60 s), so every one ends
+#                        acknowledged
 #   d. loss and delay    netem when the kernel has it; otherwise random drop
 #                        (iptables or nft) and a token-bucket rate limit whose
 #                        queue delays packets under load
@@ -18,10 +23,19 @@
 #                        outputs no value twice
 #   f. sustained         60 s at a steady rate, both transports at once; RSS
 #                        of each process at 5 s and at the end
+#   w. WAN               the sender dials tests/faults/wan_relay.py, running
+#                        in the receiver's namespace in front of it: 250 ms
+#                        each way (500 ms round trip), 10 Mbit/s each way, 1%
+#                        loss (a dropped datagram over QUIC, a stall like a
+#                        retransmission over TCP); small values at a modest
+#                        rate, then a few of 1 MiB (with 120 s timeouts: QUIC
+#                        gets some 80 KB/s through): every envelope
+#                        acknowledged, none failed
 #
 # Needs root, iproute2 (ip, tc) and cargo; iptables or nft for random loss
-# when the kernel has no netem. It creates two namespaces, bbf<pid>s and
-# bbf<pid>r, and removes them (and the processes it started) on exit.
+# when the kernel has no netem; python3 for the WAN relay. It creates two
+# namespaces, bbf<pid>s and bbf<pid>r, and removes them (and the processes
+# it started) on exit.
 #
 # Prints a table; exits 1 if any envelope is lost (sent, but neither
 # acknowledged, failed with an event, nor still in flight at exit) or a
@@ -31,6 +45,11 @@
 # FAULTS_ONLY="a e" runs only those scenarios; FAULTS_SENDER_ARGS adds
 # arguments to every sender (e.g. "--max-in-flight 100"); FAULTS_KEEP=1
 # keeps the processes' output (kept anyway when a check fails).
+# FAULTS_QUICK=1 is a quick run of a few minutes (the one CI runs): only a,
+# b, c and w (unless FAULTS_ONLY says otherwise), on both transports, with
+# fewer values, with the debug build.
+# FAULTS_BIN=/path/to/fault_peer uses that binary instead of building one
+# with cargo; FAULTS_WAN_RELAY=/path/to/wan_relay.py uses that relay.
 set -euo pipefail
 
 skip() {
@@ -77,9 +96,23 @@ if ! ip netns add "$NS_S" 2>/dev/null; then
 fi
 ip netns add "$NS_R"
 
-echo "building examples/fault_peer (release)"
-(cd "$ROOT" && cargo build --quiet --release --example fault_peer)
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/fault_peer
+QUICK=${FAULTS_QUICK:-0}
+if [[ -n ${FAULTS_BIN:-} ]]; then
+    BIN=$FAULTS_BIN
+    [[ -x $BIN ]] || { echo "FAULTS_BIN=$BIN is not an executable" >&2; exit 1; }
+    echo "using $BIN"
+elif [[ $QUICK == 1 ]]; then
+    # The debug build the tests already made: the links, not the CPU, set
+    # the pace of the quick scenarios.
+    echo "building examples/fault_peer (debug)"
+    (cd "$ROOT" && cargo build --quiet --example fault_peer)
+    BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples/fault_peer
+else
+    echo "building examples/fault_peer (release)"
+    (cd "$ROOT" && cargo build --quiet --release --example fault_peer)
+    BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/fault_peer
+fi
+WAN_RELAY=${FAULTS_WAN_RELAY:-$ROOT/tests/faults/wan_relay.py}
 
 ip link add "$DEV_S" netns "$NS_S" type veth peer name "$DEV_R" netns "$NS_R"
 ip -n "$NS_S" addr add "$ADDR_S/24" dev "$DEV_S"
@@ -185,15 +218,17 @@ final_line() {
     grep '"final":true' "$1" | tail -n 1
 }
 
-# Starts a receiver: receiver <name> <transport> <port>; sets R_PID, R_ADDR.
+# Starts a receiver: receiver <name> <transport> <port> [arguments...]; sets
+# R_PID, R_ADDR.
 receiver() {
     local name=$1 transport=$2 port=$3 listen
+    shift 3
     case $transport in
     tcp) listen=/ip4/$ADDR_R/tcp/$port ;;
     quic) listen=/ip4/$ADDR_R/udp/$port/quic-v1 ;;
     esac
     # `ip netns exec` execs the program, so $! is the program itself.
-    ip netns exec "$NS_R" "$BIN" receive --listen "$listen" --transport "$transport" \
+    ip netns exec "$NS_R" "$BIN" receive --listen "$listen" --transport "$transport" "$@" \
         >"$WORK/$name.r.out" 2>"$WORK/$name.r.err" &
     R_PID=$!
     PIDS+=("$R_PID")
@@ -278,6 +313,41 @@ join() {
     echo "$out"
 }
 
+# Starts wan_relay.py in the receiver's namespace, in front of the receiver
+# started last: relay <name> <transport> <relay arguments...>; sets RELAY_PID
+# and points R_ADDR, which the sender dials, at the relay.
+relay() {
+    local name=$1 transport=$2 proto port relay_port line
+    shift 2
+    case $transport in
+    tcp) proto=tcp ;;
+    quic) proto=udp ;;
+    esac
+    # R_ADDR is /ip4/<address>/<tcp|udp>/<port>/...
+    port=$(cut -d/ -f5 <<<"$R_ADDR")
+    ip netns exec "$NS_R" python3 "$WAN_RELAY" --listen "$ADDR_R:0" --target "$ADDR_R:$port" \
+        --proto "$proto" "$@" >"$WORK/$name.relay.out" 2>"$WORK/$name.relay.err" &
+    RELAY_PID=$!
+    PIDS+=("$RELAY_PID")
+    local waited=0
+    until line=$(grep -m 1 '^wan_relay listening on ' "$WORK/$name.relay.out" 2>/dev/null); do
+        sleep 0.1
+        waited=$((waited + 1))
+        if ((waited > 100)); then
+            echo "relay $name did not start:" >&2
+            cat "$WORK/$name.relay.err" >&2
+            return 1
+        fi
+    done
+    relay_port=${line##*:}
+    R_ADDR=${R_ADDR/\/$port\//\/$relay_port\/}
+}
+
+# The number of values a scenario sends: scaled <full run> <quick run>.
+scaled() {
+    if [[ $QUICK == 1 ]]; then echo "$2"; else echo "$1"; fi
+}
+
 TIMEOUT=(--request-timeout 3)
 PORT=4000
 
@@ -285,18 +355,19 @@ PORT=4000
 # port and records its row(s).
 
 baseline() {
-    local transport=$1 s r problems
+    local transport=$1 s r problems n
+    n=$(scaled 300 100)
     PORT=$((PORT + 1))
     receiver a-$transport "$transport" $PORT
-    sender a-$transport "$transport" --count 300 --rate 200/s "${TIMEOUT[@]}"
+    sender a-$transport "$transport" --count "$n" --rate 200/s "${TIMEOUT[@]}"
     wait "$S_PID" || true
     sleep 0.3
     stop_receiver "$R_PID"
     s=$(final_line "$WORK/a-$transport.s.out")
     r=$(final_line "$WORK/a-$transport.r.out")
     problems=$(settled "$s")
-    [[ $(json "$s" acknowledged) == 300 ]] || problems=$(join "$problems" "not all acknowledged")
-    [[ $(json "$r" received) == 300 ]] || problems=$(join "$problems" "receiver output $(json "$r" received) of 300")
+    [[ $(json "$s" acknowledged) == "$n" ]] || problems=$(join "$problems" "not all acknowledged")
+    [[ $(json "$r" received) == "$n" ]] || problems=$(join "$problems" "receiver output $(json "$r" received) of $n")
     row "a. baseline" "$transport" "$s" "$problems" ""
 }
 
@@ -304,7 +375,10 @@ receiver_killed() {
     local transport=$1 s problems
     PORT=$((PORT + 1))
     receiver b-$transport "$transport" $PORT
-    sender b-$transport "$transport" --count 400 --rate 100/s "${TIMEOUT[@]}"
+    # The receiver does not come back: a short delivery window ends each
+    # envelope the kill caught as window_passed 5 s after it was sent.
+    sender b-$transport "$transport" --count "$(scaled 400 250)" --rate 100/s "${TIMEOUT[@]}" \
+        --delivery-window 5
     sleep 1.5
     kill -9 "$R_PID"
     wait "$R_PID" 2>/dev/null || true
@@ -320,7 +394,8 @@ link_cut() {
     local transport=$1 s problems at_up acked_at_up acked_after
     PORT=$((PORT + 1))
     receiver c-$transport "$transport" $PORT
-    sender c-$transport "$transport" --count 600 --rate 50/s "${TIMEOUT[@]}"
+    # Values go on for a few seconds after the link is back (at 7 s).
+    sender c-$transport "$transport" --count "$(scaled 600 450)" --rate 50/s "${TIMEOUT[@]}"
     sleep 3
     in_r ip link set "$DEV_R" down
     sleep 4
@@ -334,6 +409,10 @@ link_cut() {
     problems=$(settled "$s")
     acked_after=$(($(num "$s" acknowledged) - acked_at_up))
     ((acked_after > 0)) || problems=$(join "$problems" "no acknowledgement after the link came back")
+    # What the cut failed for a transport reason is sent again once the link
+    # is back (the delivery window is 60 s): nothing ends failed.
+    [[ $(json "$s" acknowledged) == "$(json "$s" sent)" ]] ||
+        problems=$(join "$problems" "acknowledged $(json "$s" acknowledged) of $(json "$s" sent)")
     row "c. link cut 4 s" "$transport" "$s" "$problems" \
         "$acked_at_up acknowledged when the link came back, $acked_after after"
 }
@@ -431,6 +510,54 @@ restart() {
         "receiver output $(json "$r" received) distinct values, $(json "$r" duplicates) twice; its engine dropped $(($(num "$r" wire_received) - $(num "$r" received))) envelopes it had taken before; $(json "$s2" reused_wire_req_ids) outcomes for envelopes whose wire_req_id an earlier one had"
 }
 
+# Through wan_relay.py, as over a long, slow, lossy path: 250 ms each way
+# (500 ms round trip), 10 Mbit/s each way, 1% loss. Small values at a
+# modest rate, then a few of 1 MiB, each run with its own receiver and relay.
+wan() {
+    local transport=$1
+    wan_run w-$transport "$transport" "w. WAN" "$(scaled 200 100)" 512 20/s
+    # At 1% loss and a 500 ms round trip QUIC's congestion control gets some
+    # 80 KB/s through (TCP's ends at the relay, so TCP gets the full rate):
+    # a 1 MiB value takes over 10 s, past the request timeout and the
+    # receiver's frame timeout (3/4 of its request timeout), so both sides
+    # wait up to 120 s for these.
+    wan_run w1m-$transport "$transport" "w. WAN 1 MiB values" "$(scaled 5 2)" 1048576 0.2/s 120
+}
+
+# wan_run <name> <transport> <row label> <count> <size> <rate> [<request
+# timeout of both sides, also the sender's drain timeout>]
+wan_run() {
+    local name=$1 transport=$2 label=$3 n=$4 size=$5 rate=$6 s r problems
+    local link="250 ms each way, 10 Mbit/s, loss 1%"
+    local receiver_args=() sender_args=("${TIMEOUT[@]}")
+    if [[ -n ${7:-} ]]; then
+        receiver_args=(--request-timeout "$7")
+        sender_args=(--request-timeout "$7" --drain-timeout "$7")
+    fi
+    if ! command -v python3 >/dev/null || [[ ! -f $WAN_RELAY ]]; then
+        row "$label" "$transport" "" "needs python3 and $WAN_RELAY" ""
+        return
+    fi
+    PORT=$((PORT + 1))
+    receiver "$name" "$transport" $PORT "${receiver_args[@]}"
+    relay "$name" "$transport" --delay-ms 250 --rate-kbit 10000 --loss 1 --seed $PORT
+    sender "$name" "$transport" --count "$n" --rate "$rate" --size "$size" "${sender_args[@]}"
+    wait "$S_PID" || true
+    sleep 0.6
+    stop_receiver "$R_PID"
+    stop_receiver "$RELAY_PID"
+    s=$(final_line "$WORK/$name.s.out")
+    r=$(final_line "$WORK/$name.r.out")
+    problems=$(settled "$s")
+    [[ $(json "$s" acknowledged) == "$n" ]] ||
+        problems=$(join "$problems" "acknowledged $(json "$s" acknowledged) of $n")
+    (($(num "$s" failed_with_event) == 0)) ||
+        problems=$(join "$problems" "$(json "$s" failed_with_event) failed")
+    [[ $(json "$r" received) == "$n" ]] || problems=$(join "$problems" "receiver output $(json "$r" received) of $n")
+    row "$label" "$transport" "$s" "$problems" \
+        "wan_relay $link; $(json "$s" elapsed_ms) ms for $n values of $size B at $rate${7:+, request timeout $7 s}"
+}
+
 # The first progress line at or after 5 s.
 at_5s() {
     awk -F'"t_ms":' '/"final":false/ { split($2, a, ","); if (a[1] >= 5000 && !found) { print; found = 1 } }' "$1"
@@ -465,7 +592,11 @@ sustained() {
 }
 
 want() {
-    [[ -z ${FAULTS_ONLY:-} || " $FAULTS_ONLY " == *" $1 "* ]]
+    local only=${FAULTS_ONLY:-}
+    if [[ -z $only && $QUICK == 1 ]]; then
+        only="a b c w"
+    fi
+    [[ -z $only || " $only " == *" $1 "* ]]
 }
 
 for transport in tcp quic; do
@@ -475,6 +606,7 @@ for transport in tcp quic; do
     if want c; then link_cut "$transport"; fi
     if want d; then loss_and_delay "$transport"; fi
     if want e; then restart "$transport"; fi
+    if want w; then wan "$transport"; fi
 done
 if want f; then
     echo "== sustained (60 s, both transports at once)"
