@@ -140,7 +140,7 @@ impl Metrics {
         );
         registry.register(
             "retries",
-            "Envelopes sent again after a busy answer",
+            "Envelopes sent again: after a busy answer, or after a transport failure within the delivery window",
             metrics.retries.clone(),
         );
         registry.register(

@@ -208,7 +208,8 @@ impl Outbound {
             .map(|o| o.envelope.as_ref())
     }
 
-    /// A connection with `peer` was established (`connected`) or closed.
+    /// A connection with `peer` was established or closed; `connected`
+    /// says whether any is left.
     pub(crate) fn reached(&mut self, peer: PeerId, connected: bool) {
         self.redelivery.reached(peer, connected);
     }
@@ -452,7 +453,7 @@ impl Outbound {
         link.stats.envelopes_sent += 1;
         link.stats.bytes_sent += size as u64;
         if let Some(metrics) = &self.metrics {
-            metrics.sent(size, outgoing.busy_answers > 0);
+            metrics.sent(size, outgoing.busy_answers > 0 || outgoing.resends > 0);
         }
         let budget = Duration::from_nanos(envelope.remaining_deadline_ns);
         let request_id = link

@@ -71,9 +71,9 @@ pub(crate) struct Redelivery {
     max_parked: usize,
     parked: HashMap<PeerId, VecDeque<Parked>>,
     len: usize,
-    /// Peers with a connection established or closed within the window, and
-    /// when.
-    reached: HashMap<PeerId, Instant>,
+    /// Peers connected now (`None`), or whose last connection closed within
+    /// the window (when).
+    reached: HashMap<PeerId, Option<Instant>>,
     /// Peers not connected whose probe is out (queued or on the wire).
     probing: HashSet<PeerId>,
     /// Something changed that may let envelopes go.
@@ -106,27 +106,30 @@ impl Redelivery {
         self.parked.values().flatten().map(|p| &p.outgoing)
     }
 
-    /// A connection with `peer` was established (or closed): it counts as
-    /// reachable for the window from now.
+    /// A connection with `peer` was established or closed; `connected` says
+    /// whether any is left. A connected peer counts as reachable, and one
+    /// whose last connection closed for the window from then.
     pub(crate) fn reached(&mut self, peer: PeerId, connected: bool) {
         if self.window.is_zero() {
             return;
         }
         if self.reached.len() >= MAX_REACHED_PEERS && !self.reached.contains_key(&peer) {
             let window = self.window;
-            self.reached.retain(|_, at| at.elapsed() < window);
+            self.reached
+                .retain(|_, left| left.is_none_or(|at| at.elapsed() < window));
             if self.reached.len() >= MAX_REACHED_PEERS {
+                // The one that left longest ago (a connected one last).
                 if let Some(oldest) = self
                     .reached
                     .iter()
-                    .min_by_key(|(_, at)| **at)
+                    .min_by_key(|(_, left)| left.map_or((1, None), |at| (0, Some(at))))
                     .map(|(p, _)| *p)
                 {
                     self.reached.remove(&oldest);
                 }
             }
         }
-        self.reached.insert(peer, Instant::now());
+        self.reached.insert(peer, (!connected).then(Instant::now));
         if connected {
             self.probing.remove(&peer);
             self.changed |= self.parked.contains_key(&peer);
@@ -152,7 +155,7 @@ impl Redelivery {
         let reached = self
             .reached
             .get(&peer)
-            .is_some_and(|at| at.elapsed() < self.window);
+            .is_some_and(|left| left.is_none_or(|at| at.elapsed() < self.window));
         let in_window = outgoing.born.elapsed() < self.window;
         if !is_transport(&reason) || !reached || !in_window || self.len >= self.max_parked {
             // An envelope that was sent again and ran out of time says so.
@@ -358,6 +361,20 @@ mod tests {
         assert_eq!(failure.label(), "window_passed");
         assert!(failure.may_have_been_delivered());
         assert_eq!(r.len(), 0);
+    }
+
+    #[test]
+    fn a_connected_peer_is_reachable_however_long_ago_it_connected() {
+        let mut r = redelivery(Duration::from_millis(20));
+        let peer = PeerId::random();
+        r.reached(peer, true);
+        std::thread::sleep(Duration::from_millis(30));
+        // Still connected (a QUIC peer that stopped answering, say).
+        assert!(r.park(out(peer, 1), SendFailure::Timeout).is_none());
+        r.reached(peer, false);
+        std::thread::sleep(Duration::from_millis(30));
+        // Its last connection closed longer than the window ago.
+        assert!(r.park(out(peer, 2), SendFailure::DialFailure).is_some());
     }
 
     #[test]

@@ -258,3 +258,41 @@ async fn once_a_direct_connection_appears_the_value_goes_direct() {
     .await;
     assert!(d.is_connected(&pl));
 }
+
+/// `examples/relayed.rs` end to end: a relay process, a listener that
+/// knows only the relay, and a dialer that knows only the circuit address
+/// exchange values; the large value comes back over a direct connection
+/// (dcutr, which on loopback succeeds) or fails with its label.
+#[test]
+fn the_relayed_example_exchanges_values_through_a_relay() {
+    let mut example = std::env::current_exe().expect("the test binary's path");
+    example.pop();
+    if example.ends_with("deps") {
+        example.pop();
+    }
+    let output = std::process::Command::new(example.join("examples").join("relayed"))
+        .output()
+        .expect("the example runs (cargo test builds it)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in [
+        "[listener] received \"hello\"",
+        "[dialer] reply \"hello\"",
+        "[dialer] reply \"the relay\"",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "no {line:?} in\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("[dialer] 262144 bytes came back")
+            || stdout.contains("relayed_limit")
+            || stdout.contains("a relayed connection carries"),
+        "{stdout}"
+    );
+}

@@ -108,7 +108,8 @@ impl Behaviour {
         self.peers
             .disconnected(&mut changes, peer, closed.remaining_established);
         self.tell_book(changes);
-        self.outbound.reached(peer, false);
+        self.outbound
+            .reached(peer, closed.remaining_established > 0);
         self.relayed.closed(peer, closed.connection_id);
         if closed.remaining_established == 0 {
             self.disconnecting.remove(&peer);
