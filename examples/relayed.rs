@@ -10,6 +10,10 @@
 //! cargo run --example relayed -- dial <circuit address>
 //! ```
 //!
+//! `listen` and `dial` listen on `/ip4/127.0.0.1/tcp/0` for the direct
+//! connection; `--bind <multiaddr>` after their other arguments picks
+//! another address (`/ip4/0.0.0.0/tcp/0` behind a NAT).
+//!
 //! The listener reserves a slot on the relay and prints its circuit
 //! address, `<relay address>/p2p-circuit/p2p/<listener id>`. The dialer
 //! dials that address, sends three strings through the circuit with the
@@ -46,8 +50,8 @@ type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
 const USAGE: &str = "usage: relayed
        relayed relay [--listen <multiaddr>]
-       relayed listen --relay <relay multiaddr ending in /p2p/<id>>
-       relayed dial <relay multiaddr>/p2p-circuit/p2p/<listener id>";
+       relayed listen --relay <relay multiaddr ending in /p2p/<id>> [--bind <multiaddr>]
+       relayed dial <relay multiaddr>/p2p-circuit/p2p/<listener id> [--bind <multiaddr>]";
 
 const MESSAGES: [&str; 3] = ["hello", "through", "the relay"];
 
@@ -83,8 +87,8 @@ struct Peer {
 enum Mode {
     Demo,
     Relay(Multiaddr),
-    Listen(Multiaddr),
-    Dial(Multiaddr),
+    Listen(Multiaddr, Multiaddr),
+    Dial(Multiaddr, Multiaddr),
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode> {
@@ -100,16 +104,28 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode> {
             Some(other) => return Err(format!("unexpected argument {other:?}").into()),
         },
         Some("listen") => match args.next().as_deref() {
-            Some("--relay") => Mode::Listen(address(args.next(), "--relay")?),
+            Some("--relay") => Mode::Listen(address(args.next(), "--relay")?, loopback()),
             _ => return Err("listen needs --relay <address>".into()),
         },
-        Some("dial") => Mode::Dial(address(args.next(), "dial")?),
+        Some("dial") => Mode::Dial(address(args.next(), "dial")?, loopback()),
         Some(other) => return Err(format!("unexpected argument {other:?}").into()),
+    };
+    let mode = match (mode, args.next().as_deref()) {
+        (mode, None) => return Ok(mode),
+        (Mode::Listen(relay, _), Some("--bind")) => {
+            Mode::Listen(relay, address(args.next(), "--bind")?)
+        }
+        (Mode::Dial(to, _), Some("--bind")) => Mode::Dial(to, address(args.next(), "--bind")?),
+        (_, Some(extra)) => return Err(format!("unexpected argument {extra:?}").into()),
     };
     match args.next() {
         Some(extra) => Err(format!("unexpected argument {extra:?}").into()),
         None => Ok(mode),
     }
+}
+
+fn loopback() -> Multiaddr {
+    "/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr")
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -125,8 +141,8 @@ async fn main() -> ExitCode {
     let result = match mode {
         Mode::Demo => demo().await,
         Mode::Relay(address) => serve_relay(address).await,
-        Mode::Listen(relay) => listen(relay).await,
-        Mode::Dial(address) => dial(address, "").await,
+        Mode::Listen(relay, bind) => listen(relay, bind).await,
+        Mode::Dial(address, bind) => dial(address, bind, "").await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -176,10 +192,10 @@ async fn serve_relay(address: Multiaddr) -> Result<()> {
 
 /// Reserves a slot on the relay, prints the circuit address, and echoes
 /// what arrives until killed.
-async fn listen(relay: Multiaddr) -> Result<()> {
+async fn listen(relay: Multiaddr, bind: Multiaddr) -> Result<()> {
     let (model, req) = echo::compile()?;
     let mut swarm = build_peer(model, &req.receiver)?;
-    swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+    swarm.listen_on(bind)?;
     swarm.listen_on(relay.clone().with(Protocol::P2pCircuit))?;
     loop {
         match swarm.select_next_some().await {
@@ -220,14 +236,14 @@ async fn listen(relay: Multiaddr) -> Result<()> {
 
 /// Sends the strings through the circuit, then the large value; prints
 /// what happened. `prefix` starts every line.
-async fn dial(address: Multiaddr, prefix: &str) -> Result<()> {
+async fn dial(address: Multiaddr, bind: Multiaddr, prefix: &str) -> Result<()> {
     let Some(Protocol::P2p(listener)) = address.iter().last() else {
         return Err(format!("{address} does not end in /p2p/<peer id>").into());
     };
     let (model, req) = echo::compile()?;
     let sender = req.sender.clone();
     let mut swarm = build_peer(model, &sender)?;
-    swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+    swarm.listen_on(bind)?;
     let node = swarm.behaviour().bb.handle();
     let deadline = Instant::now() + DIAL_TIMEOUT;
     let started = Instant::now();
@@ -306,7 +322,7 @@ async fn demo() -> Result<()> {
     let circuit = listener.line_after("reachable at ")?;
     println!("[listener] reachable at {circuit}");
     let forward = listener.forward("[listener] ");
-    let result = dial(circuit.parse()?, "[dialer] ").await;
+    let result = dial(circuit.parse()?, loopback(), "[dialer] ").await;
     drop(listener);
     drop(relay);
     let _ = forward.join();

@@ -10,7 +10,8 @@
 //! when its back-off passes (sending it dials the peer), and the rest wait
 //! for the connection. An envelope still parked when its window, counted
 //! from when the engine handed it over, runs out fails as
-//! [`SendFailure::WindowPassed`].
+//! [`SendFailure::WindowPassed`], as does one whose attempt fails that way
+//! after its window (time queued counts).
 //!
 //! The receiver takes each envelope once: a second delivery of an envelope
 //! whose acknowledgement was lost is dropped by its receive dedup gate
@@ -158,8 +159,9 @@ impl Redelivery {
             .is_some_and(|left| left.is_none_or(|at| at.elapsed() < self.window));
         let in_window = outgoing.born.elapsed() < self.window;
         if !is_transport(&reason) || !reached || !in_window || self.len >= self.max_parked {
-            // An envelope that was sent again and ran out of time says so.
-            let reason = if outgoing.resends > 0 && !in_window {
+            // A link failure to a reachable peer after the window (queueing
+            // may have used it up before a first attempt failed) says so.
+            let reason = if is_transport(&reason) && reached && !in_window {
                 self.window_passed(&outgoing, reason)
             } else {
                 reason
@@ -375,6 +377,19 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         // Its last connection closed longer than the window ago.
         assert!(r.park(out(peer, 2), SendFailure::DialFailure).is_some());
+    }
+
+    #[test]
+    fn a_first_failure_after_the_window_says_the_window_passed() {
+        let mut r = redelivery(Duration::from_millis(20));
+        let peer = PeerId::random();
+        r.reached(peer, true);
+        // Queued past its window before its one attempt failed.
+        let outgoing = out(peer, 1);
+        std::thread::sleep(Duration::from_millis(30));
+        let (_, reason) = r.park(outgoing, SendFailure::Timeout).unwrap();
+        assert_eq!(reason.label(), "window_passed", "{reason}");
+        assert!(reason.may_have_been_delivered());
     }
 
     #[test]
