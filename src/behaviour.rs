@@ -46,6 +46,11 @@ use crate::relayed::RelayedConnections;
 use crate::stats::WireStats;
 use crate::Config;
 
+/// Request-response's own timeout on an exchange: only a backstop, since
+/// the codec fails a stalled frame and the outbound watchdog a request
+/// whose bytes stopped moving, each after the request timeout.
+const EXCHANGE_CEILING: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Runs a bytesandbrains [`Node`] over libp2p, with the Node on an engine
 /// thread of its own (or of an [`EnginePool`]).
 ///
@@ -180,15 +185,17 @@ impl Behaviour {
         let mut caps = init.caps;
         caps.max_per_fill_bytes = caps.max_per_fill_bytes.min(init.ingress_byte_budget);
         let inner = request_response::Behaviour::with_codec(
-            // Its own read timeout comes first, so a trickled frame is
-            // answered and reported before request-response drops the
-            // stream at its timeout.
+            // The request timeout bounds a stall, not a whole exchange (see
+            // progress.rs). The reading side's is shorter, so a stalled
+            // frame is answered and reported while the sender still
+            // listens; request-response's own timeout only backs both up.
             Codec::new(caps, max_envelope_bytes)
                 .with_read_timeout(config.request_timeout() * 3 / 4)
+                .with_write_timeout(config.request_timeout())
                 .with_expired_refused(config.wire_deadlines()),
             [(PROTOCOL_NAME, ProtocolSupport::Full)],
             request_response::Config::default()
-                .with_request_timeout(config.request_timeout())
+                .with_request_timeout(config.request_timeout().max(EXCHANGE_CEILING))
                 .with_max_concurrent_streams(config.max_concurrent_streams()),
         );
         let handle = NodeHandle {

@@ -8,9 +8,14 @@
 //! what it claimed.
 //!
 //! A frame that is wrong but complete enough to answer (bad prefix,
-//! oversize, truncated, undecodable) is not an I/O error: it becomes
-//! [`Request::Invalid`] so the behaviour can answer it with a typed
+//! oversize, truncated, undecodable, stalled) is not an I/O error: it
+//! becomes [`Request::Invalid`] so the behaviour can answer it with a typed
 //! rejection on the same stream.
+//!
+//! Frames are read and written in pieces under the stall rule of
+//! [`progress`](crate::progress): one takes as long as its bytes keep
+//! moving, so a large value crosses a slow link, and a peer trickling bytes
+//! is refused.
 
 use std::io;
 use std::sync::Arc;
@@ -18,11 +23,11 @@ use std::time::{Duration, Instant};
 
 use bb_runtime::envelope::{EnvelopeCaps, EnvelopeCodec, EnvelopeDecodeError, WireEnvelope};
 use futures::prelude::*;
-use futures_timer::Delay;
 use libp2p::StreamProtocol;
 use prost::Message;
 
 use crate::event::{RejectKind, Rejection};
+use crate::progress::{self, Progress};
 
 /// The protocol name, versioned: a change to the framing or to the meaning of
 /// an acknowledgement gets a new version.
@@ -53,6 +58,9 @@ pub enum Request {
     Envelope(Arc<WireEnvelope>),
     /// An inbound frame that could not become an envelope.
     Invalid(Rejection),
+    /// An envelope this side sends, with the [`Progress`] its bytes report
+    /// to (the behaviour's watchdog reads it).
+    Sending(Arc<WireEnvelope>, Progress),
 }
 
 /// The request-response codec of [`PROTOCOL_NAME`]: envelope caps for
@@ -62,6 +70,7 @@ pub enum Request {
 pub struct Codec {
     caps: EnvelopeCaps,
     read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
     refuse_expired: bool,
 }
 
@@ -73,6 +82,7 @@ impl Codec {
         Self {
             caps,
             read_timeout: None,
+            write_timeout: None,
             refuse_expired: false,
         }
     }
@@ -87,13 +97,24 @@ impl Codec {
         self
     }
 
-    /// Refuses a request whose frame has not fully arrived within
-    /// `timeout` (a peer trickling bytes) with a
+    /// Refuses a request whose frame stops arriving (fewer than
+    /// [`MIN_PROGRESS`](crate::progress::MIN_PROGRESS) bytes, or what is
+    /// left, in `timeout`: a stalled or trickling peer) with a
     /// [`RejectKind::Timeout`] rejection, while the stream can still carry
-    /// the answer. Without it the request-response timeout drops the stream
-    /// and nobody hears why.
+    /// the answer. A frame that keeps moving takes as long as it takes.
+    /// Without it the request-response timeout drops the stream and nobody
+    /// hears why.
     pub fn with_read_timeout(mut self, timeout: Duration) -> Self {
         self.read_timeout = Some(timeout);
+        self
+    }
+
+    /// Fails a request whose frame stops leaving (the stall rule of
+    /// [`Codec::with_read_timeout`]), or whose acknowledgement does not come
+    /// within `timeout` of its last byte, with an I/O error of kind
+    /// `TimedOut`.
+    pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = Some(timeout);
         self
     }
 }
@@ -128,15 +149,26 @@ async fn read_prefix<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Prefix> {
     Ok(Prefix::Invalid)
 }
 
-/// Reads a whole length-prefixed body of at most `cap` bytes.
+/// Reads a whole length-prefixed body of at most `cap` bytes, under the
+/// stall rule when `stall` is given.
 ///
 /// `Ok(Err(_))` is a frame that is wrong in a way worth answering;
 /// `Err(_)` is a broken stream.
 async fn read_frame<T: AsyncRead + Unpin>(
     io: &mut T,
     cap: usize,
+    stall: Option<Duration>,
 ) -> io::Result<Result<Vec<u8>, Rejection>> {
-    let len = match read_prefix(io).await? {
+    let prefix = match progress::within(stall, read_prefix(io)).await {
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            return Ok(Err(Rejection::new(
+                RejectKind::Timeout,
+                format!("no length prefix within {:?}", stall.unwrap_or_default()),
+            )))
+        }
+        prefix => prefix?,
+    };
+    let len = match prefix {
         Prefix::Len(len) => len,
         Prefix::Eof { read } => {
             return Ok(Err(Rejection::new(
@@ -159,20 +191,27 @@ async fn read_frame<T: AsyncRead + Unpin>(
     }
     let len = len as usize;
     // Grow with what arrives: the prefix is only a claim.
-    let mut body = Vec::new();
-    io.take(len as u64).read_to_end(&mut body).await?;
-    if body.len() < len {
-        return Ok(Err(Rejection::new(
+    Ok(match progress::read_body(io, len, stall).await? {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(got)) => Err(Rejection::new(
             RejectKind::Truncated,
-            format!("stream ended after {} of {len} body bytes", body.len()),
-        )));
-    }
-    Ok(Ok(body))
+            format!("stream ended after {got} of {len} body bytes"),
+        )),
+        Err(stalled) => Err(Rejection::new(
+            RejectKind::Timeout,
+            format!("the frame stopped arriving: {stalled}"),
+        )),
+    })
 }
 
-async fn write_frame<T: AsyncWrite + Unpin, M: Message>(io: &mut T, msg: &M) -> io::Result<()> {
+async fn write_frame<T: AsyncWrite + Unpin, M: Message>(
+    io: &mut T,
+    msg: &M,
+    stall: Option<Duration>,
+    moved: Option<&Progress>,
+) -> io::Result<()> {
     // request-response closes the stream after each write.
-    io.write_all(&msg.encode_length_delimited_to_vec()).await
+    progress::write_all(io, &msg.encode_length_delimited_to_vec(), stall, moved).await
 }
 
 /// The refusal of an envelope whose deadline budget ran out while it was
@@ -207,20 +246,7 @@ impl libp2p::request_response::Codec for Codec {
         T: AsyncRead + Unpin + Send,
     {
         let started = Instant::now();
-        let frame = read_frame(io, self.caps.max_total_bytes);
-        let frame = match self.read_timeout {
-            None => frame.await?,
-            Some(timeout) => {
-                futures::pin_mut!(frame);
-                match future::select(frame, Delay::new(timeout)).await {
-                    future::Either::Left((frame, _)) => frame?,
-                    future::Either::Right(_) => Err(Rejection::new(
-                        RejectKind::Timeout,
-                        format!("the frame did not arrive within {timeout:?}"),
-                    )),
-                }
-            }
-        };
+        let frame = read_frame(io, self.caps.max_total_bytes, self.read_timeout).await?;
         Ok(match frame {
             Ok(body) => match EnvelopeCodec::decode_capped(&body, &self.caps) {
                 Ok(envelope) => {
@@ -239,9 +265,17 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let body = read_frame(io, MAX_ACK_BYTES).await?.map_err(|rejection| {
-            io::Error::new(io::ErrorKind::InvalidData, rejection.to_string())
-        })?;
+        // The acknowledgement is due within a stall period of the last byte.
+        let frame = read_frame(io, MAX_ACK_BYTES, self.write_timeout);
+        let body = progress::within(self.write_timeout, frame)
+            .await?
+            .map_err(|rejection| {
+                let kind = match rejection.kind {
+                    RejectKind::Timeout => io::ErrorKind::TimedOut,
+                    _ => io::ErrorKind::InvalidData,
+                };
+                io::Error::new(kind, rejection.to_string())
+            })?;
         Ack::decode(body.as_slice()).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidData, format!("acknowledgement: {e}"))
         })
@@ -257,7 +291,12 @@ impl libp2p::request_response::Codec for Codec {
         T: AsyncWrite + Unpin + Send,
     {
         match req {
-            Request::Envelope(envelope) => write_frame(io, &*envelope).await,
+            Request::Envelope(envelope) => {
+                write_frame(io, &*envelope, self.write_timeout, None).await
+            }
+            Request::Sending(envelope, moved) => {
+                write_frame(io, &*envelope, self.write_timeout, Some(&moved)).await
+            }
             Request::Invalid(rejection) => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("an invalid inbound frame is never sent: {rejection}"),
@@ -274,7 +313,7 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &ack).await
+        write_frame(io, &ack, self.read_timeout, None).await
     }
 }
 
@@ -292,7 +331,9 @@ mod tests {
     fn rejection(req: Request) -> Rejection {
         match req {
             Request::Invalid(r) => r,
-            Request::Envelope(e) => panic!("expected a rejection, decoded {e:?}"),
+            Request::Envelope(e) | Request::Sending(e, _) => {
+                panic!("expected a rejection, decoded {e:?}")
+            }
         }
     }
 
@@ -312,7 +353,7 @@ mod tests {
         ))
         .unwrap();
         match read(&buf.into_inner(), 1024) {
-            Request::Envelope(got) => assert_eq!(*got, env),
+            Request::Envelope(got) | Request::Sending(got, _) => assert_eq!(*got, env),
             Request::Invalid(r) => panic!("{r}"),
         }
     }
@@ -459,7 +500,7 @@ mod tests {
             fn envelopes_within_caps_round_trip_byte_exactly(envelope in envelope()) {
                 let frame = write(&envelope);
                 match read_with_caps(&frame).unwrap() {
-                    Request::Envelope(got) => {
+                    Request::Envelope(got) | Request::Sending(got, _) => {
                         prop_assert_eq!(&*got, &envelope);
                         prop_assert_eq!(write(&got), frame);
                     }
@@ -482,7 +523,7 @@ mod tests {
                 prost::encoding::encode_varint(body.len() as u64, &mut frame);
                 frame.extend_from_slice(&body);
                 match read_with_caps(&frame).unwrap() {
-                    Request::Envelope(env) => {
+                    Request::Envelope(env) | Request::Sending(env, _) => {
                         prop_assert!(env.fills.len() <= caps().max_slot_fills);
                     }
                     Request::Invalid(r) => prop_assert!(matches!(

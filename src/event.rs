@@ -222,6 +222,14 @@ pub enum SendFailure {
         /// Whether any attempt may have reached the peer's engine.
         maybe_delivered: bool,
     },
+    /// An earlier attempt may have reached the peer's engine (its
+    /// connection closed, its stream broke or no acknowledgement came), and
+    /// the envelope, sent again, then failed for `last`: whether the peer
+    /// took it is not known.
+    Unconfirmed {
+        /// Why the last attempt failed.
+        last: Box<SendFailure>,
+    },
     /// The envelope is larger than a relayed connection may carry
     /// ([`Config::with_max_relayed_envelope_bytes`](crate::Config::with_max_relayed_envelope_bytes)),
     /// the peer was reachable only through a relay, and no direct
@@ -256,6 +264,7 @@ impl SendFailure {
             SendFailure::DeadlineExceeded { .. } => "deadline",
             SendFailure::WindowPassed { .. } => "window_passed",
             SendFailure::RelayedLimit { .. } => "relayed_limit",
+            SendFailure::Unconfirmed { .. } => "unconfirmed",
         }
     }
 
@@ -276,6 +285,7 @@ impl SendFailure {
                     maybe_delivered: true,
                     ..
                 }
+                | SendFailure::Unconfirmed { .. }
         )
     }
 
@@ -326,6 +336,10 @@ impl fmt::Display for SendFailure {
                     "not delivered within its window of {window:?} (last: {last})"
                 )
             }
+            SendFailure::Unconfirmed { last } => write!(
+                f,
+                "an earlier attempt may have arrived; the last failed: {last}"
+            ),
             SendFailure::RelayedLimit {
                 size,
                 limit,

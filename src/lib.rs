@@ -90,6 +90,7 @@ mod outbound;
 mod outbox;
 pub mod peer;
 pub mod ports;
+pub mod progress;
 mod redelivery;
 mod relayed;
 mod stats;

@@ -26,6 +26,7 @@ use crate::event::{RejectKind, Rejection, SendFailure};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Outgoing};
+use crate::progress::Progress;
 use crate::redelivery::{PeerState, Redelivery};
 use crate::relayed::{DirectWait, RelayedConnections};
 use crate::stats::WireStats;
@@ -276,11 +277,7 @@ impl Outbound {
             ) => self.retry_when_not_busy(outgoing, reason),
             Err(reason) => {
                 tracing::debug!(parent: &outgoing.span, %reason, "refused");
-                self.outcomes.push_back(Outcome::Failed {
-                    peer: Some(peer),
-                    wire_req_id,
-                    reason,
-                })
+                self.fail(&outgoing, reason)
             }
         }
     }
@@ -293,6 +290,10 @@ impl Outbound {
         let reason = match error {
             OutboundFailure::DialFailure => SendFailure::DialFailure,
             OutboundFailure::Timeout => SendFailure::Timeout,
+            // The codec's stall rule, or no acknowledgement in time.
+            OutboundFailure::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                SendFailure::Timeout
+            }
             OutboundFailure::ConnectionClosed => SendFailure::ConnectionClosed,
             OutboundFailure::UnsupportedProtocols => SendFailure::UnsupportedProtocol,
             OutboundFailure::Io(e) => SendFailure::Io(e.to_string()),
@@ -306,15 +307,10 @@ impl Outbound {
     /// fails otherwise.
     fn end(&mut self, outgoing: Outgoing, reason: SendFailure) {
         let peer = outgoing.peer;
-        let outcome = match self.redelivery.park(outgoing, reason.clone()) {
-            None => Outcome::Parked { peer, reason },
-            Some((outgoing, reason)) => Outcome::Failed {
-                peer: Some(peer),
-                wire_req_id: outgoing.wire_req_id,
-                reason,
-            },
-        };
-        self.outcomes.push_back(outcome);
+        match self.redelivery.park(outgoing, reason.clone()) {
+            None => self.outcomes.push_back(Outcome::Parked { peer, reason }),
+            Some((outgoing, reason)) => self.fail(&outgoing, reason),
+        }
     }
 
     /// The next outcome; otherwise fails expired envelopes and sends what
@@ -335,17 +331,30 @@ impl Outbound {
         }
     }
 
+    /// `outgoing` will not be delivered. One an earlier attempt may have
+    /// delivered says so, whatever its last attempt met.
+    fn fail(&mut self, outgoing: &Outgoing, reason: SendFailure) {
+        let reason = if outgoing.maybe_delivered && !reason.may_have_been_delivered() {
+            SendFailure::Unconfirmed {
+                last: Box::new(reason),
+            }
+        } else {
+            reason
+        };
+        self.outcomes.push_back(Outcome::Failed {
+            peer: Some(outgoing.peer),
+            wire_req_id: outgoing.wire_req_id,
+            reason,
+        });
+    }
+
     /// Queues again the parked envelopes whose peer is reachable; fails
     /// those whose window passed.
     fn redeliver(&mut self, cx: &mut Context<'_>, link: &Link<'_>) {
         let found = self.redelivery.poll(cx, |peer| link.state(peer));
         for (outgoing, reason) in found.expired {
             tracing::debug!(parent: &outgoing.span, %reason, "not delivered");
-            self.outcomes.push_back(Outcome::Failed {
-                peer: Some(outgoing.peer),
-                wire_req_id: outgoing.wire_req_id,
-                reason,
-            });
+            self.fail(&outgoing, reason);
         }
         // In reverse, as each goes in front: they keep their order.
         for outgoing in found.ready.into_iter().rev() {
@@ -359,11 +368,7 @@ impl Outbound {
         let found = self.direct_wait.poll(cx);
         for (outgoing, reason) in found.expired {
             tracing::debug!(parent: &outgoing.span, %reason, "no direct connection");
-            self.outcomes.push_back(Outcome::Failed {
-                peer: Some(outgoing.peer),
-                wire_req_id: outgoing.wire_req_id,
-                reason,
-            });
+            self.fail(&outgoing, reason);
         }
         for outgoing in found.ready.into_iter().rev() {
             self.queue(outgoing, true);
@@ -421,11 +426,7 @@ impl Outbound {
             && self.direct_wait.too_large(outgoing.envelope.encoded_len())
         {
             if let Some((outgoing, reason)) = self.direct_wait.hold(outgoing) {
-                self.outcomes.push_back(Outcome::Failed {
-                    peer: Some(outgoing.peer),
-                    wire_req_id: outgoing.wire_req_id,
-                    reason,
-                });
+                self.fail(&outgoing, reason);
             }
             return;
         }
@@ -456,9 +457,9 @@ impl Outbound {
             metrics.sent(size, outgoing.busy_answers > 0 || outgoing.resends > 0);
         }
         let budget = Duration::from_nanos(envelope.remaining_deadline_ns);
-        let request_id = link
-            .inner
-            .send_request(&peer, Request::Envelope(Arc::clone(envelope)));
+        outgoing.progress = Progress::new();
+        let request = Request::Sending(Arc::clone(envelope), outgoing.progress.clone());
+        let request_id = link.inner.send_request(&peer, request);
         *self.per_peer.entry(peer).or_default() += 1;
         self.in_flight.insert(request_id, outgoing);
         // The envelope's own budget bounds how long it may take on the wire.
@@ -475,8 +476,10 @@ impl Outbound {
         }
     }
 
-    /// Ends requests that outlived their timeout with no word from the inner
-    /// behaviour, as timeouts; arms the next look while any are in flight.
+    /// Ends requests whose bytes have not moved for longer than the request
+    /// timeout with no word from the inner behaviour (one routed to a
+    /// connection that never existed never starts), as timeouts; arms the
+    /// next look while any are in flight.
     fn watch(&mut self, cx: &mut Context<'_>) {
         let limit = self.request_timeout + WATCHDOG_GRACE;
         if let Some(timer) = self.watchdog.as_mut() {
@@ -487,7 +490,7 @@ impl Outbound {
             let stranded: Vec<OutboundRequestId> = self
                 .in_flight
                 .iter()
-                .filter(|(_, o)| o.since.elapsed() > limit)
+                .filter(|(_, o)| o.progress.idle() > limit)
                 .map(|(id, _)| *id)
                 .collect();
             for request_id in stranded {
@@ -596,11 +599,7 @@ impl Outbound {
     /// wait, then send it again, a few times before giving up.
     fn retry_when_not_busy(&mut self, mut outgoing: Outgoing, reason: SendFailure) {
         if outgoing.busy_answers >= MAX_BUSY_ANSWERS {
-            return self.outcomes.push_back(Outcome::Failed {
-                peer: Some(outgoing.peer),
-                wire_req_id: outgoing.wire_req_id,
-                reason,
-            });
+            return self.fail(&outgoing, reason);
         }
         outgoing.busy_answers += 1;
         let retry_in = BUSY_WAIT * 2u32.pow(outgoing.busy_answers - 1);

@@ -8,6 +8,8 @@ use std::time::Instant;
 use bb_runtime::envelope::WireEnvelope;
 use libp2p::PeerId;
 
+use crate::progress::Progress;
+
 /// An envelope on its way out.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
@@ -32,6 +34,8 @@ pub(crate) struct Outgoing {
     pub(crate) resends: u32,
     /// Whether an earlier attempt may have reached the peer.
     pub(crate) maybe_delivered: bool,
+    /// How far the current attempt's bytes have got.
+    pub(crate) progress: Progress,
 }
 
 impl Outgoing {
@@ -52,6 +56,7 @@ impl Outgoing {
             born: now,
             resends: 0,
             maybe_delivered: false,
+            progress: Progress::new(),
         }
     }
 }

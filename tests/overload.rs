@@ -176,7 +176,7 @@ async fn a_busy_receiver_makes_the_sender_wait_and_resend() {
                 }) = e
                 {
                     let envelope = match request {
-                        Request::Envelope(envelope) => envelope,
+                        Request::Envelope(envelope) | Request::Sending(envelope, _) => envelope,
                         // A retry whose budget ran out on the way.
                         Request::Invalid(rejection) => {
                             assert_eq!(rejection.kind, RejectKind::Expired, "{rejection}");

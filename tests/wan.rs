@@ -263,3 +263,30 @@ async fn a_client_joins_the_registry_across_a_300ms_link() {
     // Announce out, Handshake back: at least a round trip (plus the dial's).
     assert!(took >= RTT_300, "{took:?}");
 }
+
+/// The request timeout bounds a stall, not an exchange: a value that takes
+/// four times the request timeout to cross a 1 Mbit/s link arrives, since
+/// its bytes keep moving.
+#[tokio::test(flavor = "current_thread")]
+async fn a_value_slower_than_the_request_timeout_arrives_while_it_moves() {
+    let timeout = Duration::from_secs(2);
+    let (model, targets) = compile(Ping);
+    let control = LinkControl::default();
+    let shape = Shape {
+        one_way: Duration::from_millis(10),
+        bits_per_sec: Some(1_000_000),
+        loss: 0.0,
+    };
+    let mut swarms = targets[..2].iter().map(|target| {
+        let key = Keypair::generate_ed25519();
+        let config = Config::default().with_request_timeout(timeout);
+        let behaviour = bb_behaviour(&key, &model, &[target], config);
+        shaped_swarm(key, behaviour, shape, &control)
+    });
+    let (mut a, mut b) = (swarms.next().unwrap(), swarms.next().unwrap());
+    connect(&mut a, &mut b).await;
+    // 1 MiB at 1 Mbit/s: 8.4 s on the wire.
+    let took = ping_all(&mut a, &mut b, &targets[0], &[payload(1 << 20)]).await;
+    println!("1 MiB at 1 Mbit/s with a request timeout of {timeout:?}: {took:?}");
+    assert!(took > timeout * 4, "{took:?}");
+}

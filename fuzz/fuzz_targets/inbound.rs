@@ -34,7 +34,9 @@ fuzz_target!(|frame: &[u8]| {
     let request = block_on(codec().read_request(&PROTOCOL_NAME, &mut cursor))
         .expect("a frame in memory never breaks the stream");
     let envelope = match request {
-        Request::Envelope(envelope) => std::sync::Arc::unwrap_or_clone(envelope),
+        Request::Envelope(envelope) | Request::Sending(envelope, _) => {
+            std::sync::Arc::unwrap_or_clone(envelope)
+        }
         Request::Invalid(rejection) => {
             assert!(
                 matches!(

@@ -257,7 +257,9 @@ impl Behaviour {
                     },
             } => {
                 let verdict = match request {
-                    Request::Envelope(envelope) => {
+                    // The codec reads only `Envelope`s; `Sending` is what
+                    // this side writes.
+                    Request::Envelope(envelope) | Request::Sending(envelope, _) => {
                         self.accept(peer, Arc::unwrap_or_clone(envelope))
                     }
                     Request::Invalid(rejection) => Err(rejection),
