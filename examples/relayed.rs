@@ -38,7 +38,7 @@ use libp2p::futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{dcutr, identify, noise, relay, tcp, yamux, Multiaddr, Swarm};
+use libp2p::{dcutr, identify, noise, relay, tcp, yamux, Multiaddr, PeerId, Swarm};
 use tokio::time::Instant;
 
 #[path = "common/echo.rs"]
@@ -248,6 +248,7 @@ async fn dial(address: Multiaddr, bind: Multiaddr, prefix: &str) -> Result<()> {
     let deadline = Instant::now() + DIAL_TIMEOUT;
     let started = Instant::now();
     swarm.dial(address.clone())?;
+    // When a direct connection to the listener appeared.
     let mut direct_after = None;
     let send = |x: Vec<u8>| {
         let (sender, peers) = (sender.clone(), values::peers(&[listener]));
@@ -259,7 +260,7 @@ async fn dial(address: Multiaddr, bind: Multiaddr, prefix: &str) -> Result<()> {
     };
     for message in MESSAGES {
         send(values::bytes(message.as_bytes())).await??;
-        let reply = next_reply(&mut swarm, deadline, &mut direct_after, started).await?;
+        let reply = next_reply(&mut swarm, listener, deadline, &mut direct_after, started).await?;
         let reply = reply.map_err(|reason| format!("{message:?}: {reason}"))?;
         println!("{prefix}reply {:?}", String::from_utf8_lossy(&reply));
     }
@@ -274,7 +275,7 @@ async fn dial(address: Multiaddr, bind: Multiaddr, prefix: &str) -> Result<()> {
         }
     );
     send(values::bytes(&vec![7; LARGE])).await??;
-    match next_reply(&mut swarm, deadline, &mut direct_after, started).await? {
+    match next_reply(&mut swarm, listener, deadline, &mut direct_after, started).await? {
         Ok(reply) => println!("{prefix}{} bytes came back", reply.len()),
         Err(reason) => println!("{prefix}the {LARGE}-byte value: {reason}"),
     }
@@ -286,9 +287,10 @@ async fn dial(address: Multiaddr, bind: Multiaddr, prefix: &str) -> Result<()> {
 }
 
 /// Waits for the next reply (`Ok`) or send failure (`Err`), noting when a
-/// direct connection to the listener appears.
+/// direct connection to `listener` appears.
 async fn next_reply(
     swarm: &mut Swarm<Peer>,
+    listener: PeerId,
     deadline: Instant,
     direct_after: &mut Option<Duration>,
     started: Instant,
@@ -298,7 +300,9 @@ async fn next_reply(
             .await
             .map_err(|_| format!("no reply within {DIAL_TIMEOUT:?}"))?;
         match event {
-            SwarmEvent::ConnectionEstablished { endpoint, .. } if !endpoint.is_relayed() => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } if peer_id == listener && !endpoint.is_relayed() => {
                 direct_after.get_or_insert(started.elapsed());
             }
             SwarmEvent::Behaviour(PeerEvent::Bb(Event::AppEvent {

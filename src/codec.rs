@@ -72,6 +72,9 @@ pub struct Codec {
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
     refuse_expired: bool,
+    /// Bytes of the request this codec wrote last (request-response writes
+    /// a request and reads its answer with the same codec).
+    written: u64,
 }
 
 impl Codec {
@@ -84,6 +87,7 @@ impl Codec {
             read_timeout: None,
             write_timeout: None,
             refuse_expired: false,
+            written: 0,
         }
     }
 
@@ -265,17 +269,19 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        // The acknowledgement is due within a stall period of the last byte.
-        let frame = read_frame(io, MAX_ACK_BYTES, self.write_timeout);
-        let body = progress::within(self.write_timeout, frame)
-            .await?
-            .map_err(|rejection| {
-                let kind = match rejection.kind {
-                    RejectKind::Timeout => io::ErrorKind::TimedOut,
-                    _ => io::ErrorKind::InvalidData,
-                };
-                io::Error::new(kind, rejection.to_string())
-            })?;
+        // The acknowledgement is due a stall period after the last byte could
+        // have arrived at the slowest accepted pace (see progress.rs).
+        let frame = read_frame(io, MAX_ACK_BYTES, None);
+        let due = self
+            .write_timeout
+            .map(|period| period + progress::drain_allowance(self.written, period));
+        let body = progress::within(due, frame).await?.map_err(|rejection| {
+            let kind = match rejection.kind {
+                RejectKind::Timeout => io::ErrorKind::TimedOut,
+                _ => io::ErrorKind::InvalidData,
+            };
+            io::Error::new(kind, rejection.to_string())
+        })?;
         Ack::decode(body.as_slice()).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidData, format!("acknowledgement: {e}"))
         })
@@ -292,9 +298,11 @@ impl libp2p::request_response::Codec for Codec {
     {
         match req {
             Request::Envelope(envelope) => {
+                self.written = envelope.encoded_len() as u64;
                 write_frame(io, &*envelope, self.write_timeout, None).await
             }
             Request::Sending(envelope, moved) => {
+                self.written = envelope.encoded_len() as u64;
                 write_frame(io, &*envelope, self.write_timeout, Some(&moved)).await
             }
             Request::Invalid(rejection) => Err(io::Error::new(

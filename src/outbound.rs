@@ -26,7 +26,7 @@ use crate::event::{RejectKind, Rejection, SendFailure};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Outgoing};
-use crate::progress::Progress;
+use crate::progress::{self, Progress};
 use crate::redelivery::{PeerState, Redelivery};
 use crate::relayed::{DirectWait, RelayedConnections};
 use crate::stats::WireStats;
@@ -487,10 +487,14 @@ impl Outbound {
                 return;
             }
             self.watchdog = None;
+            let period = self.request_timeout;
             let stranded: Vec<OutboundRequestId> = self
                 .in_flight
                 .iter()
-                .filter(|(_, o)| o.progress.idle() > limit)
+                .filter(|(_, o)| {
+                    o.progress.idle()
+                        > limit + progress::drain_allowance(o.progress.bytes(), period)
+                })
                 .map(|(id, _)| *id)
                 .collect();
             for request_id in stranded {

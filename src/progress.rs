@@ -9,6 +9,15 @@
 //! frame). A peer trickling bytes to hold a stream open is refused at the
 //! end of its first stall period.
 //!
+//! A sender cannot see its bytes arrive: written is not delivered, since a
+//! transport buffers what it is given (QUIC takes megabytes at once, within
+//! its flow-control window). So after its last byte a sender waits for the
+//! acknowledgement a stall period plus the [`drain_allowance`] of what it
+//! wrote: the time those bytes may take to cross at the slowest pace the
+//! receiver's stall rule accepts. A live receiver always answers (its own
+//! stall rule refuses a frame that stops arriving); a dead one's connection
+//! closes, which ends the request sooner.
+//!
 //! [`Progress`] is what the sending side shares with the behaviour: the
 //! bytes written so far and when they last moved, so that the behaviour's
 //! watchdog ends a request whose bytes never started (or stopped) moving.
@@ -27,6 +36,13 @@ pub const MIN_PROGRESS: usize = 16 * 1024;
 
 /// Largest piece read or written at once.
 const PIECE: usize = 64 * 1024;
+
+/// How long `bytes` written may take to cross at the slowest pace the
+/// stall rule accepts: [`MIN_PROGRESS`] bytes per `period`.
+pub fn drain_allowance(bytes: u64, period: Duration) -> Duration {
+    let periods = u32::try_from(bytes / MIN_PROGRESS as u64).unwrap_or(u32::MAX);
+    period.saturating_mul(periods)
+}
 
 /// A stall: fewer than [`MIN_PROGRESS`] bytes moved in `period`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

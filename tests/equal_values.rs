@@ -6,8 +6,8 @@ mod common;
 use std::task::Poll;
 use std::time::Duration;
 
-use bb_libp2p::{Address, Behaviour, Config, EngineStep, Event, IngressEvent};
-use common::models::{bb_swarm, compile, install, invoke_send, send_value, Ping};
+use bb_libp2p::{Behaviour, Config, EngineStep, Event, IngressEvent};
+use common::models::{bare_envelope, bb_swarm, compile, install, send_value, wire_envelope, Ping};
 use common::{connect, until};
 use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
@@ -153,53 +153,6 @@ async fn outputs_of(r: &mut libp2p::Swarm<Behaviour>) -> (Vec<Option<PeerId>>, u
     (outputs, duplicates)
 }
 
-/// The envelope a bare Node running `target` sends to `to` for `payload`,
-/// as it crosses the wire: the data fill addressed to the port, no local
-/// fills.
-fn wire_envelope(
-    model: &bytesandbrains::proto::onnx::ModelProto,
-    target: &str,
-    to: PeerId,
-    payload: &[u8],
-) -> bb_libp2p::WireEnvelope {
-    let mut envelope = sent_envelope(model, target, to, payload);
-    envelope.fills.truncate(1);
-    envelope.fills[0].dest_suffix = Address::empty()
-        .site(bb_runtime::ids::NodeSiteId::from(
-            bb_libp2p::sites::portable_site_id("port"),
-        ))
-        .to_bytes();
-    envelope
-}
-
-/// The envelope a bare Node running `target` sends to `to` for `payload`.
-fn sent_envelope(
-    model: &bytesandbrains::proto::onnx::ModelProto,
-    target: &str,
-    to: PeerId,
-    payload: &[u8],
-) -> bb_libp2p::WireEnvelope {
-    let mut sender = install(&Keypair::generate_ed25519(), model, &[target]);
-    sender
-        .add_peer(
-            bb_libp2p::to_engine_peer(&to),
-            vec![bb_libp2p::p2p_address(&to)],
-        )
-        .unwrap();
-    invoke_send(&mut sender, target, to, payload);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    for _ in 0..4 {
-        if let Poll::Ready(steps) = sender.poll(&mut cx) {
-            for step in steps {
-                if let EngineStep::SendEnvelope(envelope) = step {
-                    return envelope;
-                }
-            }
-        }
-    }
-    panic!("the Send made no envelope")
-}
-
 /// Guards `compat::dedup`: on bare Nodes, a receiver given the same
 /// envelope from two peers outputs it once. If this fails, upstream's
 /// receive dedup gate no longer keys on the payload alone.
@@ -209,25 +162,8 @@ fn upstream_dedup_still_keys_on_the_payload() {
     let kr = Keypair::generate_ed25519();
     let mut receiver = install(&kr, &model, &[&targets[1]]);
     let pr = kr.public().to_peer_id();
-    let mut envelope = sent_envelope(&model, &targets[0], pr, b"same");
+    let envelope = bare_envelope(&model, &targets[0], &mut receiver, pr, b"same");
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    // Address the data fill to the receiver's Recv, as the crate's bridge
-    // does, and drop the local-only trigger fill.
-    let engine = receiver.engine_install_handle();
-    let names: Vec<String> = engine.graphs_named().map(|(n, _)| n.to_string()).collect();
-    let mut site = None;
-    for name in &names {
-        let graph = engine.graph_mut(name).unwrap();
-        if !graph.is_entry_point {
-            continue;
-        }
-        if let Some(recv) = graph.function.node.iter().find(|n| n.op_type == "Recv") {
-            site = graph.site_names.get(&recv.output[0]).copied();
-        }
-    }
-    let site = site.expect("the receiver's Recv");
-    envelope.fills.truncate(1);
-    envelope.fills[0].dest_suffix = Address::empty().site(site).to_bytes();
     for from in [PeerId::random(), PeerId::random()] {
         let event = IngressEvent::EnvelopeFrom {
             src_peer: bb_libp2p::to_engine_peer(&from),

@@ -13,16 +13,18 @@
 //! | [`fail_parked_op`] | `SendFailed` drops a request without failing the op parked on it | none: no 0.3.8 op parks on a wire request |
 //! | [`senders`] | an `AppEvent` does not say who sent the value | `tests/senders.rs::upstream_app_events_still_carry_no_sender` |
 //! | [`unresolved`] | `wire.Send` drops a value for a peer its AddressBook lacks | `tests/unresolved.rs::upstream_send_still_skips_unknown_peers` |
-//! | [`dedup`] | the receive dedup gate drops a value equal to any taken recently, from anyone | `tests/equal_values.rs::upstream_dedup_still_keys_on_the_payload` |
+//! | [`dedup`] | the receive dedup gate drops a value equal to any taken recently, from anyone; its window is not in the snapshot | `tests/equal_values.rs::upstream_dedup_still_keys_on_the_payload` |
+//! | [`backoff_rx`] | the receive back-off gate drops an acknowledged value from a peer cooling down | `tests/cooldown.rs::upstream_backoff_gate_still_drops_inbound_values` |
 //!
-//! [`senders`], [`unresolved`] and [`dedup`] replace framework ops' dispatch
-//! entries through [`dispatch`].
+//! [`senders`], [`unresolved`], [`dedup`] and [`backoff_rx`] replace
+//! framework ops' dispatch entries through [`dispatch`].
 
 /// The domain of the engine's wire ops (`Send`, `Recv`).
 pub(crate) const WIRE_DOMAIN: &str = "ai.bytesandbrains.wire";
 /// The domain of the engine's framework syscalls (gates, checks).
 pub(crate) const SYSCALL_DOMAIN: &str = "ai.bytesandbrains.syscall";
 
+pub(crate) mod backoff_rx;
 pub(crate) mod contexts;
 pub(crate) mod deadline_gates;
 pub(crate) mod dedup;

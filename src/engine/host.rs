@@ -39,7 +39,8 @@ use crate::address_book::EngineBook;
 use crate::admission;
 use crate::clock::Clock;
 use crate::compat::{
-    self, contexts::Pruner, deadline_gates, dedup, senders, sites::Sites, unresolved, wire_requests,
+    self, backoff_rx, contexts::Pruner, deadline_gates, dedup, senders, sites::Sites, unresolved,
+    wire_requests,
 };
 use crate::error::SnapshotFailed;
 use crate::event::AppEvent;
@@ -194,6 +195,7 @@ impl Host {
                 senders::stamp_outputs(graph);
                 unresolved::resolve_sends(graph);
                 dedup::key_on_envelopes(graph);
+                backoff_rx::pass_acknowledged(graph);
             }
         }
         let clock = Clock::new(node.engine_install_handle());

@@ -207,3 +207,79 @@ pub fn send_values(
 pub fn numbered(n: u32) -> Vec<Vec<u8>> {
     (0..n).map(|i| i.to_le_bytes().to_vec()).collect()
 }
+
+/// The envelope a bare Node running `target` sends to `to` for `payload`,
+/// as it crosses the wire: the data fill addressed to the port, no local
+/// fills.
+pub fn wire_envelope(
+    model: &ModelProto,
+    target: &str,
+    to: libp2p::PeerId,
+    payload: &[u8],
+) -> bb_libp2p::WireEnvelope {
+    let mut envelope = sent_envelope(model, target, to, payload);
+    envelope.fills.truncate(1);
+    envelope.fills[0].dest_suffix = bb_libp2p::Address::empty()
+        .site(bb_runtime::ids::NodeSiteId::from(
+            bb_libp2p::sites::portable_site_id("port"),
+        ))
+        .to_bytes();
+    envelope
+}
+
+/// The envelope a bare Node running `target` sends to `to` for `payload`.
+pub fn sent_envelope(
+    model: &ModelProto,
+    target: &str,
+    to: libp2p::PeerId,
+    payload: &[u8],
+) -> bb_libp2p::WireEnvelope {
+    let mut sender = install(&Keypair::generate_ed25519(), model, &[target]);
+    sender
+        .add_peer(
+            bb_libp2p::to_engine_peer(&to),
+            vec![bb_libp2p::p2p_address(&to)],
+        )
+        .unwrap();
+    invoke_send(&mut sender, target, to, payload);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for _ in 0..4 {
+        if let std::task::Poll::Ready(steps) = sender.poll(&mut cx) {
+            for step in steps {
+                if let bb_libp2p::EngineStep::SendEnvelope(envelope) = step {
+                    return envelope;
+                }
+            }
+        }
+    }
+    panic!("the Send made no envelope")
+}
+
+/// The envelope a bare Node running `target` sends to `to` for `payload`,
+/// addressed as this crate's bridge addresses it to `receiver`, a bare
+/// Node: the data fill to the receiver's own Recv site, no local fills.
+pub fn bare_envelope(
+    model: &ModelProto,
+    target: &str,
+    receiver: &mut Node,
+    to: libp2p::PeerId,
+    payload: &[u8],
+) -> bb_libp2p::WireEnvelope {
+    let mut envelope = sent_envelope(model, target, to, payload);
+    let engine = receiver.engine_install_handle();
+    let names: Vec<String> = engine.graphs_named().map(|(n, _)| n.to_string()).collect();
+    let mut site = None;
+    for name in &names {
+        let graph = engine.graph_mut(name).unwrap();
+        if !graph.is_entry_point {
+            continue;
+        }
+        if let Some(recv) = graph.function.node.iter().find(|n| n.op_type == "Recv") {
+            site = graph.site_names.get(&recv.output[0]).copied();
+        }
+    }
+    let site = site.expect("the receiver's Recv");
+    envelope.fills.truncate(1);
+    envelope.fills[0].dest_suffix = bb_libp2p::Address::empty().site(site).to_bytes();
+    envelope
+}
