@@ -33,7 +33,7 @@ use std::net::SocketAddr;
 use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
 use std::time::Duration;
 
-use bb_libp2p::{to_engine_peer, values, Address, Behaviour, Config, EngineStep, Event};
+use bb_libp2p::{values, Behaviour, Config, EngineStep, Event};
 use bytesandbrains::proto::onnx::ModelProto;
 use libp2p::futures::StreamExt;
 use libp2p::identity::Keypair;
@@ -415,22 +415,7 @@ fn build_swarm(
     config: Config,
 ) -> Result<Swarm<Behaviour>> {
     let key = Keypair::generate_ed25519();
-    let me = to_engine_peer(&key.public().to_peer_id());
-    let target = target.to_string();
-    // The Node is `!Send`: the behaviour builds it with this closure on
-    // its engine thread, with the engine PeerId of the swarm's key.
-    let behaviour = Behaviour::new(
-        move || {
-            bytesandbrains::install(
-                me,
-                vec![Address::empty().p2p(me)],
-                model,
-                &[&target],
-                bytesandbrains::Config::new(),
-            )
-        },
-        config,
-    )?;
+    let behaviour = echo::behaviour(&key, model, target, config)?;
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(

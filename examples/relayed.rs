@@ -33,7 +33,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Duration;
 
-use bb_libp2p::{to_engine_peer, values, Address, Behaviour, Config, Event};
+use bb_libp2p::{values, Behaviour, Config, Event};
 use libp2p::futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
@@ -386,21 +386,8 @@ impl Drop for Process {
 /// `target` of `model`.
 fn build_peer(model: bytesandbrains::proto::onnx::ModelProto, target: &str) -> Result<Swarm<Peer>> {
     let key = Keypair::generate_ed25519();
-    let me = to_engine_peer(&key.public().to_peer_id());
-    let target = target.to_string();
     let config = Config::default().with_direct_connection_wait(DIRECT_WAIT);
-    let bb = Behaviour::new(
-        move || {
-            bytesandbrains::install(
-                me,
-                vec![Address::empty().p2p(me)],
-                model,
-                &[&target],
-                bytesandbrains::Config::new(),
-            )
-        },
-        config,
-    )?;
+    let bb = echo::behaviour(&key, model, target, config)?;
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(

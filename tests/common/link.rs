@@ -22,10 +22,9 @@ use futures::channel::mpsc;
 use futures::io::{ReadHalf, WriteHalf};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, SinkExt, StreamExt};
 use libp2p::core::transport::{MemoryTransport, Transport};
-use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{plaintext, yamux, Swarm};
+use libp2p::Swarm;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -128,18 +127,8 @@ pub fn shaped_swarm<B: NetworkBehaviour>(
                 }
                 Ok(Shaped::new(channel, shape, &control, seed))
             }
-        })
-        .upgrade(Version::V1)
-        .authenticate(plaintext::Config::new(&key))
-        .multiplex(yamux::Config::default())
-        .boxed();
-    Swarm::new(
-        transport,
-        behaviour,
-        peer,
-        libp2p::swarm::Config::with_tokio_executor()
-            .with_idle_connection_timeout(Duration::from_secs(3600)),
-    )
+        });
+    super::swarm_over(key, transport, behaviour)
 }
 
 /// One end of a shaped connection: reads pass through; writes go to a task

@@ -17,8 +17,22 @@ use libp2p::{plaintext, yamux, Multiaddr, Swarm, Transport};
 
 /// A swarm with `behaviour` on the memory transport (plaintext + yamux).
 pub fn memory_swarm<B: NetworkBehaviour>(key: Keypair, behaviour: B) -> Swarm<B> {
+    swarm_over(key, MemoryTransport::default(), behaviour)
+}
+
+/// A swarm with `behaviour` on `transport`, upgraded with plaintext and
+/// yamux.
+pub fn swarm_over<B, T>(key: Keypair, transport: T, behaviour: B) -> Swarm<B>
+where
+    B: NetworkBehaviour,
+    T: Transport + Send + Unpin + 'static,
+    T::Output: futures::AsyncRead + futures::AsyncWrite + Unpin + Send + 'static,
+    T::Error: Send + Sync + 'static,
+    T::Dial: Send + 'static,
+    T::ListenerUpgrade: Send + 'static,
+{
     let peer = key.public().to_peer_id();
-    let transport = MemoryTransport::default()
+    let transport = transport
         .upgrade(Version::V1)
         .authenticate(plaintext::Config::new(&key))
         .multiplex(yamux::Config::default())
