@@ -25,6 +25,7 @@
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::future::{self, Either};
@@ -105,10 +106,12 @@ impl Progress {
     }
 }
 
-/// Watches one frame's bytes against the stall rule.
+/// Watches one frame's bytes against the stall rule. A period starts when
+/// the frame first has to wait: a frame that never waits (the common case
+/// on a fast link) sets no timer at all.
 struct Watch {
     period: Duration,
-    timer: Delay,
+    timer: Option<Delay>,
     /// Bytes moved when the current period began.
     at_period_start: usize,
     moved: usize,
@@ -119,10 +122,23 @@ impl Watch {
     fn new(period: Duration, total: usize) -> Self {
         Self {
             period,
-            timer: Delay::new(period),
+            timer: None,
             at_period_start: 0,
             moved: 0,
             total,
+        }
+    }
+
+    /// `io`'s output, or `None` when the current period ends first.
+    async fn wait<F: Future + Unpin>(&mut self, mut io: F) -> Option<F::Output> {
+        if let Poll::Ready(output) = futures::poll!(&mut io) {
+            return Some(output);
+        }
+        let period = self.period;
+        let timer = self.timer.get_or_insert_with(|| Delay::new(period));
+        match future::select(io, timer).await {
+            Either::Left((output, _)) => Some(output),
+            Either::Right(_) => None,
         }
     }
 
@@ -136,7 +152,7 @@ impl Watch {
             });
         }
         self.at_period_start = self.moved;
-        self.timer = Delay::new(self.period);
+        self.timer = None;
         Ok(())
     }
 }
@@ -162,10 +178,7 @@ pub(crate) async fn read_body<T: AsyncRead + Unpin>(
         let read = io.read(&mut body[start..]);
         let step = match watch.as_mut() {
             None => Some(read.await),
-            Some(watch) => match future::select(read, &mut watch.timer).await {
-                Either::Left((n, _)) => Some(n),
-                Either::Right(_) => None,
-            },
+            Some(watch) => watch.wait(read).await,
         };
         let Some(n) = step else {
             body.truncate(start);
@@ -207,10 +220,7 @@ pub(crate) async fn write_all<T: AsyncWrite + Unpin>(
         let write = io.write(&bytes[written..end]);
         let step = match watch.as_mut() {
             None => Some(write.await),
-            Some(watch) => match future::select(write, &mut watch.timer).await {
-                Either::Left((n, _)) => Some(n),
-                Either::Right(_) => None,
-            },
+            Some(watch) => watch.wait(write).await,
         };
         let Some(n) = step else {
             match watch.as_mut().map(Watch::period_ended) {
@@ -242,6 +252,10 @@ where
         return future.await;
     };
     futures::pin_mut!(future);
+    // Most answers are there at once: no timer for those.
+    if let Poll::Ready(output) = futures::poll!(&mut future) {
+        return output;
+    }
     match future::select(future, Delay::new(period)).await {
         Either::Left((result, _)) => result,
         Either::Right(_) => Err(io::Error::new(
