@@ -117,17 +117,16 @@ pub fn shaped_swarm<B: NetworkBehaviour>(
     let control = control.clone();
     let seed = u64::from_le_bytes(peer.to_bytes()[2..10].try_into().unwrap());
     let links = Arc::new(AtomicU64::new(seed | 1));
-    let transport = MemoryTransport::default()
-        .and_then(move |channel, _| {
-            let control = control.clone();
-            let seed = links.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-            async move {
-                if control.is_down() {
-                    return Err(io::Error::new(io::ErrorKind::ConnectionRefused, "link cut"));
-                }
-                Ok(Shaped::new(channel, shape, &control, seed))
+    let transport = MemoryTransport::default().and_then(move |channel, _| {
+        let control = control.clone();
+        let seed = links.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        async move {
+            if control.is_down() {
+                return Err(io::Error::new(io::ErrorKind::ConnectionRefused, "link cut"));
             }
-        });
+            Ok(Shaped::new(channel, shape, &control, seed))
+        }
+    });
     super::swarm_over(key, transport, behaviour)
 }
 
