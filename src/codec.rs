@@ -115,8 +115,9 @@ impl Codec {
 
     /// Fails a request whose frame stops leaving (the stall rule of
     /// [`Codec::with_read_timeout`]), or whose acknowledgement does not come
-    /// within `timeout` of its last byte, with an I/O error of kind
-    /// `TimedOut`.
+    /// within `timeout` plus the
+    /// [`drain_allowance`](crate::progress::drain_allowance) of what it
+    /// wrote, with an I/O error of kind `TimedOut`.
     pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
         self.write_timeout = Some(timeout);
         self

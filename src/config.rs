@@ -36,10 +36,13 @@ impl Default for Config {
     /// - request timeout: 10 s, request-response's own default, as a stall
     ///   bound rather than a flat one: an envelope fails with `"timeout"`
     ///   when its bytes stop leaving (fewer than 16 KiB, or what is left, in
-    ///   10 s) or no acknowledgement comes within 10 s of its last byte. A
-    ///   value that keeps moving takes as long as the link needs: 3 MiB over
-    ///   a link of 500 ms round trip losing 1 % (some 35 KB/s over TCP)
-    ///   takes a minute and a half, and arrives.
+    ///   10 s) or no acknowledgement comes within 10 s of the time its
+    ///   bytes may take to cross at that pace
+    ///   ([`drain_allowance`](crate::progress::drain_allowance)). A value
+    ///   that keeps moving takes as long as the link needs, up to an hour
+    ///   (request-response's own timeout, a backstop): 3 MiB over a link of
+    ///   500 ms round trip losing 1 % (some 35 KB/s over TCP) takes a minute
+    ///   and a half, and arrives.
     /// - maximum envelope size: unset, meaning the Node's
     ///   `config().envelope_caps.max_total_bytes` (16 MiB by default), so the
     ///   wire refuses exactly what the engine's decoder would refuse.
@@ -103,9 +106,10 @@ impl Config {
     /// Sets how long an exchange may stall: an outbound envelope fails as
     /// a timeout when fewer than
     /// [`MIN_PROGRESS`](crate::progress::MIN_PROGRESS) bytes of it (or what
-    /// is left) leave in this time, or no acknowledgement comes within it of
-    /// its last byte; an inbound frame stalling for three quarters of it is
-    /// refused as [`RejectKind::Timeout`](crate::RejectKind::Timeout).
+    /// is left) leave in this time, or no acknowledgement comes within it
+    /// plus the [`drain_allowance`](crate::progress::drain_allowance) of its
+    /// bytes; an inbound frame stalling for three quarters of it is refused
+    /// as [`RejectKind::Timeout`](crate::RejectKind::Timeout).
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self

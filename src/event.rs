@@ -182,7 +182,9 @@ pub enum SendFailure {
     /// an address. Connect to the peer, or let discovery find it, and send
     /// again.
     Unresolved,
-    /// No acknowledgement within the request timeout.
+    /// The exchange stalled: its bytes stopped leaving, or no acknowledgement
+    /// came in time after them (see
+    /// [`Config::with_request_timeout`](crate::Config::with_request_timeout)).
     Timeout,
     /// The connection closed before the acknowledgement arrived.
     ConnectionClosed,
@@ -211,9 +213,11 @@ pub enum SendFailure {
         /// or put on the wire.
         budget: Duration,
     },
-    /// The envelope failed for transport reasons and was sent again while
-    /// its peer was reachable, but was not acknowledged within the delivery
-    /// window ([`Config::with_delivery_window`](crate::Config::with_delivery_window)).
+    /// The envelope failed for transport reasons to a peer that was
+    /// reachable, and was not acknowledged within the delivery window
+    /// ([`Config::with_delivery_window`](crate::Config::with_delivery_window)):
+    /// it was sent again while the window lasted, or its first attempt
+    /// failed after the window (time queued counts).
     WindowPassed {
         /// The delivery window.
         window: Duration,
@@ -314,7 +318,7 @@ impl fmt::Display for SendFailure {
             }
             SendFailure::DialFailure => write!(f, "could not dial the peer"),
             SendFailure::Unresolved => write!(f, "no address is known for the peer"),
-            SendFailure::Timeout => write!(f, "no acknowledgement within the request timeout"),
+            SendFailure::Timeout => write!(f, "the exchange stalled past the request timeout"),
             SendFailure::ConnectionClosed => {
                 write!(f, "connection closed before the acknowledgement")
             }

@@ -221,6 +221,12 @@ impl Outbound {
         self.redelivery.forget(peer);
     }
 
+    /// The Node's admission lists changed: envelopes waiting for a peer are
+    /// looked at again (a denied peer's end at once).
+    pub(crate) fn policy_changed(&mut self) {
+        self.redelivery.recheck();
+    }
+
     /// A direct (not relayed) connection with `peer` was established.
     pub(crate) fn direct(&mut self, peer: PeerId) {
         self.direct_wait.direct(peer);
@@ -261,6 +267,7 @@ impl Outbound {
         let (peer, wire_req_id) = (outgoing.peer, outgoing.wire_req_id);
         match ack::verdict(answer) {
             Ok(()) => {
+                self.redelivery.ended(&peer);
                 let latency = outgoing.since.elapsed();
                 tracing::debug!(parent: &outgoing.span, ?latency, "acknowledged");
                 if let Some(metrics) = &self.metrics {
@@ -334,6 +341,7 @@ impl Outbound {
     /// `outgoing` will not be delivered. One an earlier attempt may have
     /// delivered says so, whatever its last attempt met.
     fn fail(&mut self, outgoing: &Outgoing, reason: SendFailure) {
+        self.redelivery.ended(&outgoing.peer);
         let reason = if outgoing.maybe_delivered && !reason.may_have_been_delivered() {
             SendFailure::Unconfirmed {
                 last: Box::new(reason),

@@ -90,7 +90,7 @@ impl Progress {
         }))
     }
 
-    fn moved(&self, bytes: usize) {
+    pub(crate) fn moved(&self, bytes: usize) {
         self.0.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.0.at.store(now_ns(), Ordering::Relaxed);
     }
@@ -134,8 +134,12 @@ impl Watch {
         if let Poll::Ready(output) = futures::poll!(&mut io) {
             return Some(output);
         }
-        let period = self.period;
-        let timer = self.timer.get_or_insert_with(|| Delay::new(period));
+        if self.timer.is_none() {
+            // A period starts now: what moved without waiting counts before it.
+            self.at_period_start = self.moved;
+            self.timer = Some(Delay::new(self.period));
+        }
+        let timer = self.timer.as_mut().expect("just set");
         match future::select(io, timer).await {
             Either::Left((output, _)) => Some(output),
             Either::Right(_) => None,

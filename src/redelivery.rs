@@ -137,10 +137,25 @@ impl Redelivery {
         }
     }
 
-    /// `peer` no longer counts as reached: its envelopes fail on their next
-    /// transport failure.
+    /// `peer` no longer counts as reached: its parked envelopes end, and
+    /// the others fail on their next transport failure.
     pub(crate) fn forget(&mut self, peer: &PeerId) {
         self.reached.remove(peer);
+        self.changed |= self.parked.contains_key(peer);
+    }
+
+    /// An envelope to `peer` ended (acknowledged or failed for good): if it
+    /// was the peer's probe, another may go.
+    pub(crate) fn ended(&mut self, peer: &PeerId) {
+        if self.probing.remove(peer) {
+            self.changed |= self.parked.contains_key(peer);
+        }
+    }
+
+    /// Something that decides whether a peer's envelopes may go changed (a
+    /// denial, say): look at the parked ones again.
+    pub(crate) fn recheck(&mut self) {
+        self.changed |= !self.parked.is_empty();
     }
 
     /// Parks `outgoing`, whose attempt failed with `reason`, when it may
@@ -168,7 +183,7 @@ impl Redelivery {
             };
             return Some((outgoing, reason));
         }
-        outgoing.maybe_delivered |= reason.may_have_been_delivered();
+        outgoing.maybe_delivered |= reached_peer(&outgoing, &reason);
         outgoing.resends += 1;
         tracing::debug!(parent: &outgoing.span, %reason, "parked until the peer is reachable");
         self.parked.entry(peer).or_default().push_back(Parked {
@@ -204,14 +219,21 @@ impl Redelivery {
             let Some(mut queue) = self.parked.remove(&peer) else {
                 continue;
             };
-            // Whose window passed, oldest first.
-            while queue
-                .front()
-                .is_some_and(|p| p.outgoing.born.elapsed() >= self.window)
-            {
-                let Parked { outgoing, last } = queue.pop_front().expect("looked at");
+            // Whose window passed (parked order is not hand-over order).
+            let (passed, waiting): (VecDeque<Parked>, VecDeque<Parked>) = queue
+                .into_iter()
+                .partition(|p| p.outgoing.born.elapsed() >= self.window);
+            queue = waiting;
+            for Parked { outgoing, last } in passed {
                 let failure = self.window_passed(&outgoing, last);
                 found.expired.push((outgoing, failure));
+            }
+            // The application forgot the peer: its envelopes end with why
+            // their last attempt failed.
+            if !self.reached.contains_key(&peer) {
+                found
+                    .expired
+                    .extend(queue.drain(..).map(|p| (p.outgoing, p.last)));
             }
             match state(&peer) {
                 PeerState::Open => found.ready.extend(queue.drain(..).map(|p| p.outgoing)),
@@ -233,8 +255,8 @@ impl Redelivery {
                     (p.outgoing, failure)
                 })),
             }
-            if let Some(first) = queue.front() {
-                earliest(self.window.saturating_sub(first.outgoing.born.elapsed()));
+            if let Some(oldest) = queue.iter().map(|p| p.outgoing.born).min() {
+                earliest(self.window.saturating_sub(oldest.elapsed()));
                 self.parked.insert(peer, queue);
             }
         }
@@ -251,10 +273,16 @@ impl Redelivery {
     fn window_passed(&self, outgoing: &Outgoing, last: SendFailure) -> SendFailure {
         SendFailure::WindowPassed {
             window: self.window,
-            maybe_delivered: outgoing.maybe_delivered || last.may_have_been_delivered(),
+            maybe_delivered: outgoing.maybe_delivered || reached_peer(outgoing, &last),
             last: Box::new(last),
         }
     }
+}
+
+/// Whether the attempt that failed with `reason` may have reached the
+/// peer's engine: the failure says it may, and some of its bytes left.
+fn reached_peer(outgoing: &Outgoing, reason: &SendFailure) -> bool {
+    reason.may_have_been_delivered() && outgoing.progress.bytes() > 0
 }
 
 /// Whether `reason` is the link's doing, so that the envelope may go again
@@ -285,6 +313,13 @@ mod tests {
 
     fn out(peer: PeerId, id: u64) -> Outgoing {
         Outgoing::new(peer, Some(id), Arc::default(), tracing::Span::none())
+    }
+
+    /// An envelope some of whose bytes left before its attempt failed.
+    fn sent(peer: PeerId, id: u64) -> Outgoing {
+        let outgoing = out(peer, id);
+        outgoing.progress.moved(10);
+        outgoing
     }
 
     fn poll(r: &mut Redelivery, state: PeerState) -> Found {
@@ -351,11 +386,21 @@ mod tests {
         let peer = PeerId::random();
         r.reached(peer, true);
         assert!(r
-            .park(out(peer, 1), SendFailure::ConnectionClosed)
+            .park(sent(peer, 1), SendFailure::ConnectionClosed)
+            .is_none());
+        // One whose attempt sent nothing: it cannot have arrived.
+        assert!(r
+            .park(out(peer, 2), SendFailure::ConnectionClosed)
             .is_none());
         std::thread::sleep(Duration::from_millis(30));
         r.changed = true;
-        let found = poll(&mut r, PeerState::Waiting(Duration::from_secs(5)));
+        let mut found = poll(&mut r, PeerState::Waiting(Duration::from_secs(5)));
+        found.expired.sort_by_key(|(o, _)| o.wire_req_id);
+        let [_, (_, unsent)] = &found.expired[..] else {
+            panic!("expected two expiries, got {found:?}");
+        };
+        assert!(!unsent.may_have_been_delivered(), "{unsent}");
+        found.expired.truncate(1);
         let [(outgoing, failure)] = &found.expired[..] else {
             panic!("expected one expiry, got {found:?}");
         };
@@ -385,7 +430,7 @@ mod tests {
         let peer = PeerId::random();
         r.reached(peer, true);
         // Queued past its window before its one attempt failed.
-        let outgoing = out(peer, 1);
+        let outgoing = sent(peer, 1);
         std::thread::sleep(Duration::from_millis(30));
         let (_, reason) = r.park(outgoing, SendFailure::Timeout).unwrap();
         assert_eq!(reason.label(), "window_passed", "{reason}");

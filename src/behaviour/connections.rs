@@ -64,6 +64,14 @@ impl Behaviour {
         self.outbound.reached(peer, true);
         if established.endpoint.is_relayed() {
             self.relayed.established(peer, established.connection_id);
+            // A direct connection is there already: this one carries nothing.
+            if self.peers.connections(&peer) > self.relayed.count(&peer) {
+                tracing::debug!(%peer, "relayed connection beside a direct one; closing it");
+                self.pending.push_back(ToSwarm::CloseConnection {
+                    peer_id: peer,
+                    connection: CloseConnection::One(established.connection_id),
+                });
+            }
         } else {
             // Direct now: nothing more goes through a relay (see relayed.rs).
             for connection in self.relayed.of(&peer) {
@@ -138,6 +146,7 @@ impl Behaviour {
 
     /// Closes the connections of connected peers the Node now denies.
     pub(super) fn enforce_policy(&mut self) {
+        self.outbound.policy_changed();
         let health = &self.health;
         // A peer unblocked and blocked again while its old connection closes
         // must be closed again.

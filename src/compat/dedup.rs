@@ -29,7 +29,6 @@
 //! once upstream keys the gate on something else, so this can go.
 
 use std::cell::RefCell;
-use std::collections::hash_map::DefaultHasher;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 
@@ -70,8 +69,9 @@ fn per_envelope(
         reason: "wire_encode_failed",
         detail: format!("DedupGateRx: input wire encode failed: {e}"),
     })?;
-    // SipHash with fixed keys: the same key for the same envelope, always.
-    let mut hasher = DefaultHasher::new();
+    // BLAKE3: the same key for the same envelope on every build, since
+    // keys outlive the process in snapshots (std's hasher may change).
+    let mut hasher = KeyHasher(blake3::Hasher::new());
     ctx.current.inbound.src_peer.hash(&mut hasher);
     ctx.current.inbound.wire_req_id.hash(&mut hasher);
     bytes.hash(&mut hasher);
@@ -91,6 +91,21 @@ fn per_envelope(
         "value".to_string(),
         value.clone_boxed(),
     )]))
+}
+
+/// A `Hasher` over BLAKE3, so that keys are the same from one build to
+/// the next.
+struct KeyHasher(blake3::Hasher);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let hash = self.0.finalize();
+        u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("eight bytes"))
+    }
 }
 
 /// Where a snapshot carries [`Taken`]'s keys in `transient.wire_states`
@@ -175,6 +190,12 @@ impl Taken {
             .remove(&SNAPSHOT_KEY)
             .unwrap_or_default();
         Self::decode(&bytes)
+    }
+
+    /// Drops keys a restore left for a host that was never built (the
+    /// closure building the Node failed after restoring it).
+    pub(crate) fn forget_restored() {
+        RESTORED.with(|r| r.borrow_mut().take());
     }
 
     /// Records the keys in `node`'s window, oldest first, and keeps them for

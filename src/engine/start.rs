@@ -14,6 +14,7 @@ use super::host::{Host, HostStats, Init, Job, Links};
 use super::lane::lane;
 use super::link::EngineLink;
 use super::pool::{EnginePool, Start};
+use crate::compat::dedup::Taken;
 use crate::error::StartError;
 use crate::metrics::Metrics;
 
@@ -62,13 +63,17 @@ where
     let (init_tx, init_rx) = oneshot::channel::<Result<Init, StartError>>();
     let start: Start = Box::new(move || {
         Box::pin(async move {
+            // Keys a restore leaves are for this Node's host alone.
+            Taken::forget_restored();
             let node = match catch_unwind(AssertUnwindSafe(make_node)) {
                 Ok(Ok(node)) => node,
                 Ok(Err(e)) => {
+                    Taken::forget_restored();
                     let _ = init_tx.send(Err(StartError::Install(e.into())));
                     return;
                 }
                 Err(panic) => {
+                    Taken::forget_restored();
                     let why = panic_message(&panic);
                     let _ = init_tx.send(Err(StartError::Install(why.into())));
                     return;
