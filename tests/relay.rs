@@ -76,6 +76,14 @@ fn rand_port() -> u64 {
 /// address and directly at the other returned address; the dialer D
 /// connected to L through the circuit.
 async fn through_a_relay(config: Config) -> (Swarm<Peer>, Swarm<Peer>, Multiaddr, String) {
+    let (d, l, direct, _, sender) = through_a_relay_at(config).await;
+    (d, l, direct, sender)
+}
+
+/// [`through_a_relay`], with the circuit address too.
+async fn through_a_relay_at(
+    config: Config,
+) -> (Swarm<Peer>, Swarm<Peer>, Multiaddr, Multiaddr, String) {
     let relay = spawn_relay();
     let (model, targets) = compile(Ping);
     let make = |target: &str| {
@@ -105,7 +113,7 @@ async fn through_a_relay(config: Config) -> (Swarm<Peer>, Swarm<Peer>, Multiaddr
     )
     .await;
     let circuit = relay.with(Protocol::P2pCircuit).with(Protocol::P2p(pl));
-    d.dial(circuit).unwrap();
+    d.dial(circuit.clone()).unwrap();
     until(
         &mut [&mut d, &mut l],
         Duration::from_secs(10),
@@ -121,7 +129,7 @@ async fn through_a_relay(config: Config) -> (Swarm<Peer>, Swarm<Peer>, Multiaddr
         },
     )
     .await;
-    (d, l, direct, targets[0].clone())
+    (d, l, direct, circuit, targets[0].clone())
 }
 
 /// Waits for L to output a value and D to see it acknowledged; fails on
@@ -253,6 +261,54 @@ async fn once_a_direct_connection_appears_the_value_goes_direct() {
                 _ => {}
             }
             (relayed_closed && acked && output).then_some(())
+        },
+    )
+    .await;
+    assert!(d.is_connected(&pl));
+}
+
+/// A relayed connection that comes up beside a direct one is closed: it
+/// would carry a share of the requests (request-response spreads them over
+/// every connection), large ones included.
+#[tokio::test(flavor = "current_thread")]
+async fn a_relayed_connection_beside_a_direct_one_is_closed() {
+    let (mut d, mut l, direct, circuit, _) = through_a_relay_at(Config::default()).await;
+    let pl = *l.local_peer_id();
+    d.dial(direct.with(Protocol::P2p(pl))).unwrap();
+    let mut relayed_closed = 0;
+    until(
+        &mut [&mut d, &mut l],
+        Duration::from_secs(10),
+        "the first relayed connection to close",
+        |i, e| {
+            if let SwarmEvent::ConnectionClosed { endpoint, .. } = e {
+                relayed_closed += usize::from(i == 0 && endpoint.is_relayed());
+            }
+            (relayed_closed == 1).then_some(())
+        },
+    )
+    .await;
+    // Through the relay again, beside the direct connection.
+    d.dial(circuit).unwrap();
+    let (mut opened, mut closed) = (false, false);
+    until(
+        &mut [&mut d, &mut l],
+        Duration::from_secs(10),
+        "the new relayed connection to close",
+        |i, e| {
+            match e {
+                SwarmEvent::ConnectionEstablished { endpoint, .. }
+                    if i == 0 && endpoint.is_relayed() =>
+                {
+                    opened = true
+                }
+                SwarmEvent::ConnectionClosed { endpoint, .. } if i == 0 => {
+                    assert!(endpoint.is_relayed(), "the direct connection closed");
+                    closed = true;
+                }
+                _ => {}
+            }
+            (opened && closed).then_some(())
         },
     )
     .await;
