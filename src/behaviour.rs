@@ -94,9 +94,11 @@ const EXCHANGE_CEILING: std::time::Duration = std::time::Duration::from_secs(360
 /// [`Event::PeerDisconnected`]) and its envelopes never reach the engine.
 /// A peer that keeps failing (dial failures, timeouts, closed connections,
 /// streams that break) is backed off: this behaviour does not dial it for
-/// its envelopes until the back-off passes, and they fail at once with
-/// [`SendFailure::Backoff`] meanwhile (dials the application or other
-/// behaviours make are theirs); past the governor's threshold it reports
+/// its envelopes until the back-off passes; meanwhile they wait for it when
+/// it was connected within the delivery window
+/// ([`Config::with_delivery_window`]) and fail at once with
+/// [`SendFailure::Backoff`](crate::SendFailure::Backoff) otherwise (dials
+/// the application or other behaviours make are theirs); past the governor's threshold it reports
 /// [`Event::PeerDown`], and [`Event::PeerUp`] when the peer acknowledges an
 /// envelope again.
 pub struct Behaviour {
@@ -337,11 +339,14 @@ impl Behaviour {
         self.outbound.in_flight()
     }
 
-    /// Outbound envelopes waiting to be sent (for room under the in-flight
-    /// bound, or for a busy peer's back-off); at most
+    /// Outbound envelopes waiting to be sent: for room under the in-flight
+    /// bound or for a busy peer's back-off (at most
     /// [`Config::with_max_queued_envelopes`], plus the envelopes a busy peer
-    /// refused, which wait here for their retry (those came off the wire, so
-    /// in flight and queued together stay within both bounds).
+    /// refused, which wait here for their retry: those came off the wire, so
+    /// in flight and queued together stay within both bounds), for a cut
+    /// link to come back ([`Config::with_delivery_window`]), or for a direct
+    /// connection ([`Config::with_direct_connection_wait`]); each of the last
+    /// two at most [`Config::with_max_queued_envelopes`] more.
     pub fn envelopes_queued(&self) -> usize {
         self.outbound.queued()
     }

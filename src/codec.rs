@@ -13,7 +13,7 @@
 //! rejection on the same stream.
 //!
 //! Frames are read and written in pieces under the stall rule of
-//! [`progress`](crate::progress): one takes as long as its bytes keep
+//! [`progress`](mod@crate::progress): one takes as long as its bytes keep
 //! moving, so a large value crosses a slow link, and a peer trickling bytes
 //! is refused.
 
