@@ -2,19 +2,12 @@
 //! other through kad from one bootstrap address, and each hears from
 //! exactly the other two, every round, and ends with their average.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::process::Command;
 
-/// The example binary `cargo test` builds beside the test binaries.
-fn example(name: &str) -> PathBuf {
-    let mut dir = std::env::current_exe().expect("the test binary's path");
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    dir.join("examples").join(name)
-}
+use common::example;
 
 #[test]
 fn three_processes_hear_each_other_and_agree() {

@@ -321,12 +321,7 @@ async fn a_relayed_connection_beside_a_direct_one_is_closed() {
 /// (dcutr, which on loopback succeeds) or fails with its label.
 #[test]
 fn the_relayed_example_exchanges_values_through_a_relay() {
-    let mut example = std::env::current_exe().expect("the test binary's path");
-    example.pop();
-    if example.ends_with("deps") {
-        example.pop();
-    }
-    let output = std::process::Command::new(example.join("examples").join("relayed"))
+    let output = std::process::Command::new(common::example("relayed"))
         .output()
         .expect("the example runs (cargo test builds it)");
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -253,3 +253,13 @@ pub fn raw_wire(timeout: Duration) -> libp2p::request_response::Behaviour<RawCod
     )
 }
 pub mod link;
+
+/// The example binary `cargo test` builds beside the test binaries.
+pub fn example(name: &str) -> std::path::PathBuf {
+    let mut dir = std::env::current_exe().expect("the test binary's path");
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("examples").join(name)
+}
