@@ -209,14 +209,17 @@ async fn read_frame<T: AsyncRead + Unpin>(
     })
 }
 
+/// Writes `msg` length-prefixed; returns the bytes the frame took.
 async fn write_frame<T: AsyncWrite + Unpin, M: Message>(
     io: &mut T,
     msg: &M,
     stall: Option<Duration>,
     moved: Option<&Progress>,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     // request-response closes the stream after each write.
-    progress::write_all(io, &msg.encode_length_delimited_to_vec(), stall, moved).await
+    let frame = msg.encode_length_delimited_to_vec();
+    progress::write_all(io, &frame, stall, moved).await?;
+    Ok(frame.len() as u64)
 }
 
 /// The refusal of an envelope whose deadline budget ran out while it was
@@ -299,12 +302,13 @@ impl libp2p::request_response::Codec for Codec {
     {
         match req {
             Request::Envelope(envelope) => {
-                self.written = envelope.encoded_len() as u64;
-                write_frame(io, &*envelope, self.write_timeout, None).await
+                self.written = write_frame(io, &*envelope, self.write_timeout, None).await?;
+                Ok(())
             }
             Request::Sending(envelope, moved) => {
-                self.written = envelope.encoded_len() as u64;
-                write_frame(io, &*envelope, self.write_timeout, Some(&moved)).await
+                self.written =
+                    write_frame(io, &*envelope, self.write_timeout, Some(&moved)).await?;
+                Ok(())
             }
             Request::Invalid(rejection) => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -322,7 +326,9 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &ack, self.read_timeout, None).await
+        write_frame(io, &ack, self.read_timeout, None)
+            .await
+            .map(drop)
     }
 }
 

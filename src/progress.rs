@@ -168,40 +168,36 @@ pub(crate) async fn read_body<T: AsyncRead + Unpin>(
     len: usize,
     period: Option<Duration>,
 ) -> io::Result<Result<Result<Vec<u8>, usize>, Stalled>> {
+    // `body[..filled]` arrived; `body[filled..]` is zeroed room for the next
+    // read, zeroed once however many reads it takes to fill.
     let mut body: Vec<u8> = Vec::new();
+    let mut filled = 0;
     let mut watch = period.map(|p| Watch::new(p, len));
-    while body.len() < len {
-        let want = PIECE.min(len - body.len());
-        if body.capacity() - body.len() < want {
-            // Double, but never past the frame: the last growth is exact.
-            let grow = want.max(body.len()).min(len - body.len());
-            body.reserve_exact(grow);
+    while filled < len {
+        if filled == body.len() {
+            let want = PIECE.min(len - filled);
+            if body.capacity() - filled < want {
+                // Double, but never past the frame: the last growth is exact.
+                body.reserve_exact(want.max(filled).min(len - filled));
+            }
+            body.resize(filled + want, 0);
         }
-        let start = body.len();
-        body.resize(start + want, 0);
-        let read = io.read(&mut body[start..]);
+        let read = io.read(&mut body[filled..]);
         let step = match watch.as_mut() {
             None => Some(read.await),
             Some(watch) => watch.wait(read).await,
         };
         let Some(n) = step else {
-            body.truncate(start);
             match watch.as_mut().map(Watch::period_ended) {
                 Some(Err(stalled)) => return Ok(Err(stalled)),
                 _ => continue,
             }
         };
-        let n = match n {
-            Ok(n) => n,
-            Err(e) => {
-                body.truncate(start);
-                return Err(e);
-            }
-        };
-        body.truncate(start + n);
+        let n = n?;
         if n == 0 {
-            return Ok(Ok(Err(body.len())));
+            return Ok(Ok(Err(filled)));
         }
+        filled += n;
         if let Some(watch) = watch.as_mut() {
             watch.moved += n;
         }

@@ -147,7 +147,8 @@ impl Redelivery {
     /// An envelope to `peer` ended (acknowledged or failed for good): if it
     /// was the peer's probe, another may go.
     pub(crate) fn ended(&mut self, peer: &PeerId) {
-        if self.probing.remove(peer) {
+        // Called for every acknowledgement: most of the time nothing probes.
+        if !self.probing.is_empty() && self.probing.remove(peer) {
             self.changed |= self.parked.contains_key(peer);
         }
     }

@@ -4,22 +4,12 @@
 
 mod common;
 
+use common::run_example;
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
-
-use common::example;
 
 #[test]
 fn three_processes_hear_each_other_and_agree() {
-    let output = Command::new(example("average"))
-        .output()
-        .expect("the example runs (cargo test builds it)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = run_example("average");
 
     // `[<value>] bootstrap <address>/p2p/<id>` names each process.
     let mut ids = BTreeMap::new();

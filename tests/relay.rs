@@ -321,15 +321,7 @@ async fn a_relayed_connection_beside_a_direct_one_is_closed() {
 /// (dcutr, which on loopback succeeds) or fails with its label.
 #[test]
 fn the_relayed_example_exchanges_values_through_a_relay() {
-    let output = std::process::Command::new(common::example("relayed"))
-        .output()
-        .expect("the example runs (cargo test builds it)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = common::run_example("relayed");
     for line in [
         "[listener] received \"hello\"",
         "[dialer] reply \"hello\"",

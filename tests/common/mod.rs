@@ -254,12 +254,22 @@ pub fn raw_wire(timeout: Duration) -> libp2p::request_response::Behaviour<RawCod
 }
 pub mod link;
 
-/// The example binary `cargo test` builds beside the test binaries.
-pub fn example(name: &str) -> std::path::PathBuf {
+/// Runs the example binary `name` (`cargo test` builds it beside the test
+/// binaries) with no arguments; returns its stdout once it exited 0.
+pub fn run_example(name: &str) -> String {
     let mut dir = std::env::current_exe().expect("the test binary's path");
     dir.pop();
     if dir.ends_with("deps") {
         dir.pop();
     }
-    dir.join("examples").join(name)
+    let output = std::process::Command::new(dir.join("examples").join(name))
+        .output()
+        .expect("the example runs (cargo test builds it)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }
