@@ -9,7 +9,7 @@ use crate::event::{RejectKind, Rejection, SendFailure};
 /// Each rejection kind and the reason that carries it on the wire. Kinds
 /// without a reason of their own (a broken stream, an unknown reason) go as
 /// `Reason::None` and read back as [`RejectKind::Unknown`].
-const REASONS: [(RejectKind, Reason); 10] = [
+const REASONS: [(RejectKind, Reason); 13] = [
     (RejectKind::LengthPrefix, Reason::LengthPrefix),
     (RejectKind::Oversize, Reason::Oversize),
     (RejectKind::Truncated, Reason::Truncated),
@@ -20,6 +20,9 @@ const REASONS: [(RejectKind, Reason); 10] = [
     (RejectKind::NoReceiver, Reason::NoReceiver),
     (RejectKind::Expired, Reason::Expired),
     (RejectKind::Timeout, Reason::Timeout),
+    (RejectKind::UnknownTransfer, Reason::UnknownTransfer),
+    (RejectKind::ChunkRange, Reason::ChunkRange),
+    (RejectKind::Integrity, Reason::Integrity),
 ];
 
 /// The acknowledgement of an envelope the engine took.

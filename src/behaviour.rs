@@ -32,6 +32,7 @@ use libp2p::{Multiaddr, PeerId};
 use crate::address_book::{BookChanges, PeerBook};
 use crate::codec::{Codec, PROTOCOL_NAME};
 use crate::compat;
+use crate::engine::host::Sizes;
 use crate::engine::host::{send_job, Host, Job};
 use crate::engine::link::EngineLink;
 use crate::engine::start::{self, Started};
@@ -44,12 +45,23 @@ use crate::metrics::GaugeShare;
 use crate::outbound::{Link, Outbound};
 use crate::relayed::RelayedConnections;
 use crate::stats::WireStats;
+use crate::transfer::framing::Framing;
+use crate::transfer::receiver::Receiver;
+use crate::transfer::{CHUNK_BYTES, TRANSFER_ABOVE, TRANSFER_PROTOCOL};
 use crate::Config;
 
 /// Request-response's own timeout on an exchange: only a backstop, since
 /// the codec fails a stalled frame and the outbound watchdog a request
 /// whose bytes stopped moving, each after the request timeout.
 const EXCHANGE_CEILING: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The largest frame read or sent when none is configured: bytesandbrains'
+/// own envelope cap, what a peer of 0.2.0 reads.
+const DEFAULT_FRAME_BYTES: usize = 16 << 20;
+
+/// The largest chunk read: four times this version's, room for a later
+/// one's.
+const MAX_CHUNK_BYTES: usize = 4 * CHUNK_BYTES;
 
 /// Runs a bytesandbrains [`Node`] over libp2p, with the Node on an engine
 /// thread of its own (or of an [`EnginePool`]).
@@ -102,7 +114,9 @@ const EXCHANGE_CEILING: std::time::Duration = std::time::Duration::from_secs(360
 /// [`Event::PeerDown`], and [`Event::PeerUp`] when the peer acknowledges an
 /// envelope again.
 pub struct Behaviour {
-    inner: request_response::Behaviour<Codec>,
+    inner: request_response::Behaviour<Framing>,
+    /// Values arriving in chunks.
+    receiver: Receiver,
     local_peer: Option<PeerId>,
     handle: NodeHandle,
     engine: EngineLink,
@@ -160,11 +174,16 @@ impl Behaviour {
         F: FnOnce() -> Result<Node, E> + Send + 'static,
         E: Into<Box<dyn Error + Send + Sync>>,
     {
+        let sizes = Sizes {
+            max_value: config.max_value_bytes(),
+            transfer_above: Self::frame_cap(&config).min(TRANSFER_ABOVE),
+        };
         let started = start::start(
             pool,
             make_node,
             config.op_steps(),
             config.metrics().cloned(),
+            sizes,
         )?;
         Ok(Self::wire_up(started, config))
     }
@@ -179,9 +198,7 @@ impl Behaviour {
         let max_ingress = config
             .max_ingress_envelopes()
             .unwrap_or_else(|| init.ingress.capacity());
-        let max_envelope_bytes = config
-            .max_envelope_bytes()
-            .unwrap_or(init.caps.max_total_bytes);
+        let max_envelope_bytes = Self::frame_cap(&config);
         // A fill larger than the engine's ingress byte budget can never be
         // taken: the codec refuses it before reading its body.
         let mut caps = init.caps;
@@ -191,11 +208,18 @@ impl Behaviour {
             // progress.rs). The reading side's is shorter, so a stalled
             // frame is answered and reported while the sender still
             // listens; request-response's own timeout only backs both up.
-            Codec::new(caps, max_envelope_bytes)
-                .with_read_timeout(config.request_timeout() * 3 / 4)
-                .with_write_timeout(config.request_timeout())
-                .with_expired_refused(config.wire_deadlines()),
-            [(PROTOCOL_NAME, ProtocolSupport::Full)],
+            Framing::new(
+                Codec::new(caps, max_envelope_bytes)
+                    .with_read_timeout(config.request_timeout() * 3 / 4)
+                    .with_write_timeout(config.request_timeout())
+                    .with_expired_refused(config.wire_deadlines()),
+                MAX_CHUNK_BYTES,
+            ),
+            // The new protocol first: the old one only for peers that lack it.
+            [
+                (TRANSFER_PROTOCOL, ProtocolSupport::Full),
+                (PROTOCOL_NAME, ProtocolSupport::Full),
+            ],
             request_response::Config::default()
                 .with_request_timeout(config.request_timeout().max(EXCHANGE_CEILING))
                 .with_max_concurrent_streams(config.max_concurrent_streams()),
@@ -206,8 +230,16 @@ impl Behaviour {
             peer: init.local_peer,
             stats: Arc::clone(&stats),
         };
+        let receiver = Receiver::new(
+            config.transfer_budget(),
+            config.max_value_bytes(),
+            MAX_CHUNK_BYTES,
+            caps,
+            config.delivery_window().max(config.request_timeout()),
+        );
         Self {
             inner,
+            receiver,
             local_peer: init.local_peer,
             handle,
             engine,
@@ -228,6 +260,11 @@ impl Behaviour {
             establishing: HashMap::new(),
             pending: VecDeque::new(),
         }
+    }
+
+    /// The largest frame `config` reads and sends.
+    fn frame_cap(config: &Config) -> usize {
+        config.max_envelope_bytes().unwrap_or(DEFAULT_FRAME_BYTES)
     }
 
     /// A handle on the Node, for any task or thread: invoke Modules, deliver
@@ -351,6 +388,17 @@ impl Behaviour {
         self.outbound.queued()
     }
 
+    /// Values arriving in chunks ([`crate::transfer`]), and the bytes they
+    /// hold: at most [`Config::with_transfer_budget`].
+    pub fn transfers_receiving(&self) -> (usize, usize) {
+        (self.receiver.len(), self.receiver.held())
+    }
+
+    /// Envelopes crossing in chunks to peers now.
+    pub fn transfers_sending(&self) -> usize {
+        self.outbound.transfers_sending()
+    }
+
     /// Steps the engine thread has handed over that the swarm has not
     /// taken yet; at most a thousand and twenty-four wait on the lane, then
     /// the engine waits.
@@ -394,7 +442,7 @@ impl Behaviour {
 
 impl NetworkBehaviour for Behaviour {
     type ConnectionHandler =
-        <request_response::Behaviour<Codec> as NetworkBehaviour>::ConnectionHandler;
+        <request_response::Behaviour<Framing> as NetworkBehaviour>::ConnectionHandler;
     type ToSwarm = Event;
 
     fn handle_pending_inbound_connection(
@@ -566,6 +614,15 @@ impl NetworkBehaviour for Behaviour {
             };
             if let Poll::Ready(outcome) = self.outbound.poll(cx, &mut link) {
                 self.on_outcome(outcome);
+                continue;
+            }
+            // 3b. Values arriving in chunks whose sender went quiet.
+            if let Poll::Ready((peer, rejection)) = self.receiver.poll_stalled(cx) {
+                self.report(Event::InboundRejected {
+                    peer,
+                    connection_id: None,
+                    rejection,
+                });
                 continue;
             }
             // 4. The engine thread: envelopes to send, events; none while

@@ -122,6 +122,11 @@ impl Codec {
         self.write_timeout = Some(timeout);
         self
     }
+
+    /// The read and write timeouts, if set.
+    pub(crate) fn timeouts(&self) -> (Option<Duration>, Option<Duration>) {
+        (self.read_timeout, self.write_timeout)
+    }
 }
 
 /// How a length prefix ended.
@@ -159,7 +164,7 @@ async fn read_prefix<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Prefix> {
 ///
 /// `Ok(Err(_))` is a frame that is wrong in a way worth answering;
 /// `Err(_)` is a broken stream.
-async fn read_frame<T: AsyncRead + Unpin>(
+pub(crate) async fn read_frame<T: AsyncRead + Unpin>(
     io: &mut T,
     cap: usize,
     stall: Option<Duration>,
@@ -210,7 +215,7 @@ async fn read_frame<T: AsyncRead + Unpin>(
 }
 
 /// Writes `msg` length-prefixed; returns the bytes the frame took.
-async fn write_frame<T: AsyncWrite + Unpin, M: Message>(
+pub(crate) async fn write_frame<T: AsyncWrite + Unpin, M: Message>(
     io: &mut T,
     msg: &M,
     stall: Option<Duration>,

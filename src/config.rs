@@ -20,6 +20,8 @@ use crate::metrics::Metrics;
 pub struct Config {
     request_timeout: Duration,
     max_envelope_bytes: Option<usize>,
+    max_value_bytes: usize,
+    transfer_budget: Option<usize>,
     max_concurrent_streams: usize,
     max_envelopes_in_flight: usize,
     max_queued_envelopes: usize,
@@ -43,9 +45,17 @@ impl Default for Config {
     ///   (request-response's own timeout, a backstop): 3 MiB over a link of
     ///   500 ms round trip losing 1 % (some 35 KB/s over TCP) takes a minute
     ///   and a half, and arrives.
-    /// - maximum envelope size: unset, meaning the Node's
-    ///   `config().envelope_caps.max_total_bytes` (16 MiB by default), so the
-    ///   wire refuses exactly what the engine's decoder would refuse.
+    /// - largest value: 1 GiB, sent and accepted. It fits a float32 model of
+    ///   268 million parameters, and a machine with a few GiB of memory can
+    ///   hold one in flight each way (a receiver holds the value once while
+    ///   it arrives, plus what its engine makes of it). The engine's caps are
+    ///   raised to it; see [`Config::with_max_value_bytes`].
+    /// - largest single frame: unset, meaning 16 MiB, bytesandbrains' own
+    ///   envelope cap (what a 0.2.0 peer reads). Envelopes above 4 MiB
+    ///   travel as transfers in chunks instead (see [`crate::transfer`]).
+    /// - transfer budget: unset, meaning the largest value: what the values
+    ///   arriving in chunks may hold together on this side. Past it a
+    ///   sender is answered busy and waits.
     /// - concurrent streams: 100 per connection, request-response's default.
     /// - envelopes in flight: 256 sent and not yet acknowledged, across all
     ///   peers; more wait in the queue.
@@ -88,6 +98,8 @@ impl Default for Config {
         Self {
             request_timeout: Duration::from_secs(10),
             max_envelope_bytes: None,
+            max_value_bytes: 1 << 30,
+            transfer_budget: None,
             max_concurrent_streams: 100,
             max_envelopes_in_flight: 256,
             max_queued_envelopes: 1024,
@@ -115,13 +127,41 @@ impl Config {
         self
     }
 
-    /// Sets the largest encoded envelope this behaviour sends or reads.
+    /// Sets the largest encoded envelope this behaviour sends or reads as
+    /// one frame.
     ///
-    /// An inbound length prefix above it is refused before the body is read;
-    /// an outbound envelope above it fails locally with
-    /// [`SendFailure::Oversize`](crate::SendFailure::Oversize).
+    /// An inbound length prefix above it is refused before the body is read.
+    /// An outbound envelope above it (or above 4 MiB) crosses as a transfer
+    /// in chunks when the peer speaks
+    /// [`TRANSFER_PROTOCOL`](crate::transfer::TRANSFER_PROTOCOL), and fails
+    /// with [`SendFailure::UnsupportedProtocol`](crate::SendFailure::UnsupportedProtocol)
+    /// when it does not.
     pub fn with_max_envelope_bytes(mut self, bytes: usize) -> Self {
         self.max_envelope_bytes = Some(bytes);
+        self
+    }
+
+    /// Sets the largest value (the payloads of one envelope together) this
+    /// behaviour sends and accepts; see [`Config::default`].
+    ///
+    /// The Node's engine caps are raised to fit it: the per-fill and total
+    /// envelope caps, the ingress byte budget and `max_invoke_bytes`
+    /// (caps already higher stay). A larger outbound value fails with
+    /// [`SendFailure::Oversize`](crate::SendFailure::Oversize); a transfer
+    /// claiming more is refused as
+    /// [`RejectKind::Oversize`](crate::RejectKind::Oversize) before any of
+    /// its bytes are read.
+    pub fn with_max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// Sets how many bytes the values arriving in chunks may hold together
+    /// on this side (at least the largest value, so one always fits). A
+    /// transfer that would pass it is answered busy; its sender waits and
+    /// asks again.
+    pub fn with_transfer_budget(mut self, bytes: usize) -> Self {
+        self.transfer_budget = Some(bytes);
         self
     }
 
@@ -222,9 +262,21 @@ impl Config {
         self.request_timeout
     }
 
-    /// The configured maximum envelope size, or `None` for the Node's own cap.
+    /// The configured maximum frame size, or `None` for the default.
     pub fn max_envelope_bytes(&self) -> Option<usize> {
         self.max_envelope_bytes
+    }
+
+    /// The largest value sent and accepted.
+    pub fn max_value_bytes(&self) -> usize {
+        self.max_value_bytes
+    }
+
+    /// What values arriving in chunks may hold together.
+    pub fn transfer_budget(&self) -> usize {
+        self.transfer_budget
+            .unwrap_or(self.max_value_bytes)
+            .max(self.max_value_bytes)
     }
 
     /// The concurrent stream limit per connection.

@@ -416,6 +416,15 @@ pub enum RejectKind {
     Stream,
     /// A refusal this version does not know (a newer peer).
     Unknown,
+    /// A chunk for a transfer the receiver does not hold: never started,
+    /// already ended, or dropped after it stalled.
+    UnknownTransfer,
+    /// A chunk outside its transfer, off a chunk boundary, or of the wrong
+    /// length.
+    ChunkRange,
+    /// A transferred value's bytes do not hash to the digest its transfer
+    /// declared; nothing of it reached the engine.
+    Integrity,
 }
 
 impl RejectKind {
@@ -434,6 +443,9 @@ impl RejectKind {
             RejectKind::Timeout => "timeout",
             RejectKind::Stream => "stream",
             RejectKind::Unknown => "unknown",
+            RejectKind::UnknownTransfer => "unknown_transfer",
+            RejectKind::ChunkRange => "chunk_range",
+            RejectKind::Integrity => "integrity",
         }
     }
 }

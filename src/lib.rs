@@ -94,6 +94,7 @@ pub mod progress;
 mod redelivery;
 mod relayed;
 mod stats;
+pub mod transfer;
 pub mod values;
 
 pub use behaviour::Behaviour;
@@ -106,6 +107,7 @@ pub use event::{AppEvent, Denial, Event, PeerDenied, RejectKind, Rejection, Send
 pub use metrics::Metrics;
 pub use peer::{p2p_address, to_engine_peer, to_libp2p_peer, PeerIdConversionError};
 pub use stats::WireStats;
+pub use transfer::TRANSFER_PROTOCOL;
 
 /// The engine types an application names when it uses this crate, so that
 /// it need not depend on `bb-runtime` itself.

@@ -17,11 +17,11 @@ use futures::FutureExt;
 use futures_timer::Delay;
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId};
 use libp2p::PeerId;
-use prost::Message;
+use prost::Message as _;
 
 use crate::ack;
 use crate::address_book::PeerBook;
-use crate::codec::{Ack, Codec, Request};
+use crate::codec::{Ack, Request};
 use crate::event::{RejectKind, Rejection, SendFailure};
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -30,6 +30,10 @@ use crate::progress::{self, Progress};
 use crate::redelivery::{PeerState, Redelivery};
 use crate::relayed::{DirectWait, RelayedConnections};
 use crate::stats::WireStats;
+use crate::transfer::framing::{lacks_transfers, Framing, Message};
+use crate::transfer::plan::Plan;
+use crate::transfer::proto::Reply;
+use crate::transfer::sender::{Ended, Sender, TransferId};
 use crate::Config;
 
 /// How often an envelope a peer refuses as busy is sent again before it
@@ -70,7 +74,7 @@ pub(crate) enum Outcome {
 
 /// What the outbound side reads and uses of the rest of the behaviour.
 pub(crate) struct Link<'a> {
-    pub(crate) inner: &'a mut request_response::Behaviour<Codec>,
+    pub(crate) inner: &'a mut request_response::Behaviour<Framing>,
     pub(crate) health: &'a Health,
     pub(crate) peers: &'a PeerBook,
     pub(crate) relayed: &'a RelayedConnections,
@@ -118,10 +122,20 @@ impl Link<'_> {
     }
 }
 
+/// One attempt of an envelope on the wire: a request, or a transfer of
+/// many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Attempt {
+    Request(OutboundRequestId),
+    Transfer(TransferId),
+}
+
 pub(crate) struct Outbound {
     /// Envelopes awaiting their acknowledgement, kept for a retry when the
     /// peer is busy and for a snapshot.
-    in_flight: HashMap<OutboundRequestId, Outgoing>,
+    in_flight: HashMap<Attempt, Outgoing>,
+    /// Envelopes crossing in chunks.
+    transfers: Sender,
     max_in_flight: usize,
     /// Envelopes in flight per peer, and the bound on them: half the
     /// connection's stream limit, leaving the other half for the peer's
@@ -129,6 +143,9 @@ pub(crate) struct Outbound {
     per_peer: HashMap<PeerId, usize>,
     max_per_peer: usize,
     max_envelope_bytes: usize,
+    max_value_bytes: usize,
+    /// How long a transfer waits out a busy receiver.
+    busy_limit: Duration,
     /// Envelopes waiting for room or for a busy peer.
     outbox: Outbox,
     /// Envelopes waiting for a cut link to come back.
@@ -142,7 +159,7 @@ pub(crate) struct Outbound {
     outbox_timer: Option<Delay>,
     /// In-flight requests whose envelope's budget ends before the request
     /// timeout: when, which, the budget.
-    deadlines: BinaryHeap<Reverse<(Instant, OutboundRequestId, Duration)>>,
+    deadlines: BinaryHeap<Reverse<(Instant, Attempt, Duration)>>,
     deadline_timer: Option<Delay>,
     /// Budgets shorter than this bound the wire; zero when wire deadlines
     /// are off.
@@ -163,6 +180,9 @@ impl Outbound {
     pub(crate) fn new(config: &Config, max_envelope_bytes: usize) -> Self {
         Self {
             in_flight: HashMap::new(),
+            transfers: Sender::default(),
+            max_value_bytes: config.max_value_bytes(),
+            busy_limit: config.delivery_window().max(config.request_timeout()),
             max_in_flight: config.max_envelopes_in_flight(),
             per_peer: HashMap::new(),
             max_per_peer: (config.max_concurrent_streams() / 2).max(1),
@@ -191,6 +211,11 @@ impl Outbound {
     /// Envelopes on the wire.
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// Envelopes crossing in chunks.
+    pub(crate) fn transfers_sending(&self) -> usize {
+        self.transfers.len()
     }
 
     /// Envelopes waiting to go: for room, for a busy peer, or for a cut
@@ -233,19 +258,34 @@ impl Outbound {
     }
 
     /// Sends `envelope` to `peer` now, or queues it.
-    pub(crate) fn send(&mut self, link: &mut Link<'_>, peer: PeerId, envelope: WireEnvelope) {
+    /// An envelope with a `plan` crosses as a transfer.
+    pub(crate) fn send(
+        &mut self,
+        link: &mut Link<'_>,
+        peer: PeerId,
+        envelope: WireEnvelope,
+        plan: Option<Plan>,
+    ) {
         let wire_req_id = envelope.correlation.as_ref().map(|c| c.wire_req_id);
         let size = envelope.encoded_len();
-        if size > self.max_envelope_bytes {
-            let cap = self.max_envelope_bytes;
+        let value = plan.as_ref().map_or(0, |p| p.total() as usize);
+        let over = match &plan {
+            None => (size > self.max_envelope_bytes).then_some(self.max_envelope_bytes),
+            Some(_) => (value > self.max_value_bytes).then_some(self.max_value_bytes),
+        };
+        if let Some(cap) = over {
             return self.outcomes.push_back(Outcome::Failed {
                 peer: Some(peer),
                 wire_req_id,
-                reason: SendFailure::Oversize { size, cap },
+                reason: SendFailure::Oversize {
+                    size: if plan.is_some() { value } else { size },
+                    cap,
+                },
             });
         }
         let span = tracing::debug_span!("envelope", %peer, wire_req_id, size);
-        let outgoing = Outgoing::new(peer, wire_req_id, Arc::new(envelope), span);
+        let mut outgoing = Outgoing::new(peer, wire_req_id, Arc::new(envelope), span);
+        outgoing.plan = plan.map(Arc::new);
         if let Some(refusal) = link.refusal(&peer) {
             return self.end(outgoing, refusal);
         }
@@ -261,9 +301,41 @@ impl Outbound {
 
     /// The peer answered the request.
     pub(crate) fn on_response(&mut self, request_id: OutboundRequestId, answer: &Ack) {
-        let Some(outgoing) = self.settle(&request_id) else {
+        let Some(outgoing) = self.settle(&Attempt::Request(request_id)) else {
             return;
         };
+        self.answered(outgoing, answer);
+    }
+
+    /// The peer answered a request of a transfer.
+    pub(crate) fn on_reply(
+        &mut self,
+        link: &mut Link<'_>,
+        request_id: OutboundRequestId,
+        reply: Reply,
+    ) {
+        self.transfers.on_reply(link.inner, request_id, reply);
+    }
+
+    /// A transfer ended: as an envelope's request does.
+    fn transfer_ended(&mut self, ended: Ended) {
+        let Some(mut outgoing) = self.settle(&Attempt::Transfer(ended.id)) else {
+            return;
+        };
+        match ended.result {
+            Ok(ack) => self.answered(outgoing, &ack),
+            Err(reason) => {
+                if !ended.sent_bytes {
+                    outgoing.progress = Progress::new();
+                }
+                tracing::debug!(parent: &outgoing.span, %reason, "transfer failed");
+                self.end(outgoing, reason);
+            }
+        }
+    }
+
+    /// The peer's verdict on `outgoing`.
+    fn answered(&mut self, outgoing: Outgoing, answer: &Ack) {
         let (peer, wire_req_id) = (outgoing.peer, outgoing.wire_req_id);
         match ack::verdict(answer) {
             Ok(()) => {
@@ -291,9 +363,6 @@ impl Outbound {
 
     /// The request failed without an answer.
     pub(crate) fn on_failure(&mut self, request_id: OutboundRequestId, error: OutboundFailure) {
-        let Some(outgoing) = self.settle(&request_id) else {
-            return;
-        };
         let reason = match error {
             OutboundFailure::DialFailure => SendFailure::DialFailure,
             OutboundFailure::Timeout => SendFailure::Timeout,
@@ -303,7 +372,16 @@ impl Outbound {
             }
             OutboundFailure::ConnectionClosed => SendFailure::ConnectionClosed,
             OutboundFailure::UnsupportedProtocols => SendFailure::UnsupportedProtocol,
+            // A transfer's request on a stream the peer took as the old
+            // protocol.
+            OutboundFailure::Io(e) if lacks_transfers(&e) => SendFailure::UnsupportedProtocol,
             OutboundFailure::Io(e) => SendFailure::Io(e.to_string()),
+        };
+        if self.transfers.on_failure(request_id, reason.clone()) {
+            return;
+        }
+        let Some(outgoing) = self.settle(&Attempt::Request(request_id)) else {
+            return;
         };
         tracing::debug!(parent: &outgoing.span, %reason, "failed");
         self.end(outgoing, reason);
@@ -323,6 +401,12 @@ impl Outbound {
     /// The next outcome; otherwise fails expired envelopes and sends what
     /// may go now. `Pending` when nothing happened (timers registered).
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>, link: &mut Link<'_>) -> Poll<Outcome> {
+        if let Some(outcome) = self.outcomes.pop_front() {
+            return Poll::Ready(outcome);
+        }
+        while let Poll::Ready(ended) = self.transfers.poll(cx, link.inner) {
+            self.transfer_ended(ended);
+        }
         if let Some(outcome) = self.outcomes.pop_front() {
             return Poll::Ready(outcome);
         }
@@ -389,9 +473,14 @@ impl Outbound {
         self.max_per_peer.saturating_sub(used)
     }
 
-    /// Takes a request out of the in-flight table.
-    fn settle(&mut self, request_id: &OutboundRequestId) -> Option<Outgoing> {
-        let outgoing = self.in_flight.remove(request_id)?;
+    /// Takes an attempt out of the in-flight table.
+    fn settle(&mut self, attempt: &Attempt) -> Option<Outgoing> {
+        let outgoing = self.in_flight.remove(attempt)?;
+        if let Attempt::Transfer(id) = attempt {
+            // Ended by a deadline or the watchdog: its chunks' answers no
+            // longer count.
+            self.transfers.abandon(*id);
+        }
         if let Some(n) = self.per_peer.get_mut(&outgoing.peer) {
             *n -= 1;
             if *n == 0 {
@@ -445,7 +534,9 @@ impl Outbound {
         };
         let waited = outgoing.since.elapsed().as_nanos() as u64;
         let remaining = outgoing.envelope.remaining_deadline_ns;
-        if self.wire_deadlines && remaining > 0 && waited > 0 {
+        // A transfer's header went with its plan: its budget stands as the
+        // engine set it (and a copy of a large envelope is no option).
+        if self.wire_deadlines && remaining > 0 && waited > 0 && outgoing.plan.is_none() {
             if waited >= remaining {
                 let budget = Duration::from_nanos(remaining);
                 return self
@@ -466,10 +557,22 @@ impl Outbound {
         }
         let budget = Duration::from_nanos(envelope.remaining_deadline_ns);
         outgoing.progress = Progress::new();
-        let request = Request::Sending(Arc::clone(envelope), outgoing.progress.clone());
-        let request_id = link.inner.send_request(&peer, request);
+        let attempt = match &outgoing.plan {
+            Some(plan) => Attempt::Transfer(self.transfers.begin(
+                link.inner,
+                peer,
+                Arc::clone(envelope),
+                Arc::clone(plan),
+                outgoing.progress.clone(),
+                self.busy_limit,
+            )),
+            None => {
+                let request = Request::Sending(Arc::clone(envelope), outgoing.progress.clone());
+                Attempt::Request(link.inner.send_request(&peer, Message::Wire(request)))
+            }
+        };
         *self.per_peer.entry(peer).or_default() += 1;
-        self.in_flight.insert(request_id, outgoing);
+        self.in_flight.insert(attempt, outgoing);
         // The envelope's own budget bounds how long it may take on the wire.
         if !budget.is_zero() && budget < self.deadline_bound {
             let at = Instant::now() + budget;
@@ -480,7 +583,7 @@ impl Outbound {
             {
                 self.deadline_timer = None;
             }
-            self.deadlines.push(Reverse((at, request_id, budget)));
+            self.deadlines.push(Reverse((at, attempt, budget)));
         }
     }
 
@@ -496,7 +599,7 @@ impl Outbound {
             }
             self.watchdog = None;
             let period = self.request_timeout;
-            let stranded: Vec<OutboundRequestId> = self
+            let stranded: Vec<Attempt> = self
                 .in_flight
                 .iter()
                 .filter(|(_, o)| {

@@ -9,6 +9,7 @@ use bb_runtime::envelope::WireEnvelope;
 use libp2p::PeerId;
 
 use crate::progress::Progress;
+use crate::transfer::plan::Plan;
 
 /// An envelope on its way out.
 #[derive(Debug)]
@@ -36,6 +37,8 @@ pub(crate) struct Outgoing {
     pub(crate) maybe_delivered: bool,
     /// How far the current attempt's bytes have got.
     pub(crate) progress: Progress,
+    /// How it crosses in chunks, when it is too large for one frame.
+    pub(crate) plan: Option<Arc<Plan>>,
 }
 
 impl Outgoing {
@@ -57,6 +60,7 @@ impl Outgoing {
             resends: 0,
             maybe_delivered: false,
             progress: Progress::new(),
+            plan: None,
         }
     }
 }

@@ -160,6 +160,7 @@ impl Behaviour {
         for (peer, reason) in denied {
             tracing::debug!(%peer, %reason, "closing a denied peer's connections");
             self.disconnecting.insert(peer);
+            self.receiver.forget(&peer);
             self.pending.push_back(ToSwarm::CloseConnection {
                 peer_id: peer,
                 connection: CloseConnection::All,

@@ -19,12 +19,16 @@ use crate::health::Transition;
 use crate::metrics::{GaugeShare, Levels};
 use crate::outbound::{Link, Outcome};
 use crate::peer::{peer_of_address, to_libp2p_peer};
+use crate::transfer::framing::{Answer, Chunk, ChunkBytes, Message};
+use crate::transfer::plan::Plan;
+use crate::transfer::proto::Reply;
+use crate::transfer::receiver::Received;
 
 impl Behaviour {
     /// Routes one step of the engine.
     pub(super) fn on_engine(&mut self, output: FromEngine) {
         match output {
-            FromEngine::Send(envelope) => self.send(envelope),
+            FromEngine::Send(envelope, plan) => self.send(envelope, plan),
             FromEngine::App(app) => self.report(Event::AppEvent {
                 sender: app.sender,
                 topic: app.topic,
@@ -80,7 +84,7 @@ impl Behaviour {
         self.report(event);
     }
 
-    pub(super) fn send(&mut self, envelope: WireEnvelope) {
+    pub(super) fn send(&mut self, envelope: WireEnvelope, plan: Option<Plan>) {
         let wire_req_id = envelope.correlation.as_ref().map(|c| c.wire_req_id);
         let Some(peer) = envelope
             .dest_peer_addresses
@@ -105,7 +109,7 @@ impl Behaviour {
             relayed: &self.relayed,
             stats: self.inbound.stats_mut(),
         };
-        self.outbound.send(&mut link, peer, envelope);
+        self.outbound.send(&mut link, peer, envelope, plan);
     }
 
     pub(super) fn on_outcome(&mut self, outcome: Outcome) {
@@ -242,53 +246,50 @@ impl Behaviour {
         }
     }
 
-    pub(super) fn on_wire_event(
-        &mut self,
-        event: request_response::Event<Request, crate::codec::Ack>,
-    ) {
-        use request_response::{Event as Wire, Message};
+    pub(super) fn on_wire_event(&mut self, event: request_response::Event<Message, Answer>) {
+        use request_response::{Event as Wire, Message as Exchange};
         match event {
             Wire::Message {
                 peer,
                 connection_id,
                 message:
-                    Message::Request {
+                    Exchange::Request {
                         request, channel, ..
                     },
             } => {
-                let verdict = match request {
-                    // The codec reads only `Envelope`s; `Sending` is what
-                    // this side writes.
-                    Request::Envelope(envelope) | Request::Sending(envelope, _) => {
-                        self.accept(peer, Arc::unwrap_or_clone(envelope))
-                    }
-                    Request::Invalid(rejection) => Err(rejection),
-                };
-                let answer = match verdict {
-                    Ok(()) => ack::accepted(),
-                    Err(rejection) => {
-                        tracing::debug!(%peer, %rejection, "inbound envelope rejected");
-                        let answer = ack::rejected(&rejection);
-                        self.report(Event::InboundRejected {
-                            peer,
-                            connection_id: Some(connection_id),
-                            rejection,
-                        });
-                        answer
-                    }
-                };
+                let (answer, rejection) = self.answer(peer, request);
+                if let Some(rejection) = rejection {
+                    tracing::debug!(%peer, %rejection, "inbound request rejected");
+                    self.report(Event::InboundRejected {
+                        peer,
+                        connection_id: Some(connection_id),
+                        rejection,
+                    });
+                }
                 // A closed channel means the stream already failed; the
                 // inner behaviour reports that as an InboundFailure.
                 let _ = self.inner.send_response(channel, answer);
             }
             Wire::Message {
                 message:
-                    Message::Response {
+                    Exchange::Response {
                         request_id,
                         response,
                     },
                 ..
-            } => self.outbound.on_response(request_id, &response),
+            } => match response {
+                Answer::Ack(ack) => self.outbound.on_response(request_id, &ack),
+                Answer::Reply(reply) => {
+                    let mut link = Link {
+                        inner: &mut self.inner,
+                        health: &self.health,
+                        peers: &self.peers,
+                        relayed: &self.relayed,
+                        stats: self.inbound.stats_mut(),
+                    };
+                    self.outbound.on_reply(&mut link, request_id, reply)
+                }
+            },
             Wire::OutboundFailure {
                 request_id, error, ..
             } => self.outbound.on_failure(request_id, error),
@@ -309,6 +310,69 @@ impl Behaviour {
                 });
             }
             Wire::ResponseSent { .. } => {}
+        }
+    }
+
+    /// The answer to one request from `peer`, and the refusal it carries.
+    fn answer(&mut self, peer: PeerId, request: Message) -> (Answer, Option<Rejection>) {
+        let refused = |rejection: Rejection, transfer: bool| {
+            let ack = ack::rejected(&rejection);
+            let answer = if transfer {
+                Answer::Reply(Reply {
+                    have: Vec::new(),
+                    ack: Some(ack),
+                })
+            } else {
+                Answer::Ack(ack)
+            };
+            (answer, Some(rejection))
+        };
+        match request {
+            // The codec reads only `Envelope`s; `Sending` is what this side
+            // writes.
+            Message::Wire(Request::Envelope(envelope) | Request::Sending(envelope, _)) => {
+                match self.accept(peer, Arc::unwrap_or_clone(envelope)) {
+                    Ok(()) => (Answer::Ack(ack::accepted()), None),
+                    Err(rejection) => refused(rejection, false),
+                }
+            }
+            Message::Wire(Request::Invalid(rejection)) => refused(rejection, false),
+            Message::Start(start) => {
+                if let Some(denial) = self.health.denial(&peer) {
+                    let why = format!("peer {peer} denied: {denial}");
+                    return refused(Rejection::new(RejectKind::Denied, why), true);
+                }
+                match self.receiver.start(peer, start) {
+                    Ok(reply) => (Answer::Reply(reply), None),
+                    Err(rejection) => refused(rejection, true),
+                }
+            }
+            Message::Chunk(Chunk {
+                digest,
+                offset,
+                bytes,
+            }) => {
+                let ChunkBytes::Received(bytes) = bytes else {
+                    let why = "a chunk to send arrived as a request".to_string();
+                    return refused(Rejection::new(RejectKind::Malformed, why), true);
+                };
+                let received = self.receiver.chunk(peer, &digest, offset, &bytes);
+                drop(bytes);
+                match received.and_then(|r| match r {
+                    Received::Partial(reply) => Ok(Some(reply)),
+                    Received::Complete(envelope) => self.accept(peer, envelope).map(|()| None),
+                }) {
+                    Ok(Some(reply)) => (Answer::Reply(reply), None),
+                    Ok(None) => (
+                        Answer::Reply(Reply {
+                            have: Vec::new(),
+                            ack: Some(ack::accepted()),
+                        }),
+                        None,
+                    ),
+                    Err(rejection) => refused(rejection, true),
+                }
+            }
         }
     }
 

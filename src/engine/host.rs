@@ -31,6 +31,7 @@ use bb_runtime::snapshot::NodeSnapshot;
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 use libp2p::PeerId;
+use prost::Message;
 
 use super::delivery::Delivery;
 use super::lane::{Closed, LaneRx, LaneTx};
@@ -46,6 +47,7 @@ use crate::error::SnapshotFailed;
 use crate::event::AppEvent;
 use crate::metrics::Metrics;
 use crate::peer::{p2p_address, to_libp2p_peer};
+use crate::transfer::plan::Plan;
 
 /// Engine cycles one wake-up runs before it yields to the other Nodes on
 /// the thread (and schedules itself again).
@@ -141,6 +143,17 @@ pub(crate) struct Links {
     pub(crate) emit_op_steps: bool,
     /// Where the time of each engine poll is recorded, if anywhere.
     pub(crate) metrics: Option<Metrics>,
+    pub(crate) sizes: Sizes,
+}
+
+/// The sizes the engine thread works to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sizes {
+    /// The largest value sent and accepted: the engine's caps fit it.
+    pub(crate) max_value: usize,
+    /// Envelopes encoded larger than this cross as transfers: their digest
+    /// is computed here, off the swarm's task.
+    pub(crate) transfer_above: usize,
 }
 
 /// A Node and its clock, on an engine thread.
@@ -171,7 +184,8 @@ pub(crate) struct Host {
 impl Host {
     /// Prepares `node` for libp2p: the local `/p2p` address, the data-plane
     /// bridge, the deadline gates, and its bootstrap.
-    pub(crate) fn new(mut node: Node, links: Links) -> (Self, Init) {
+    pub(crate) fn new(node: Node, links: Links) -> (Self, Init) {
+        let mut node = super::caps::raise(node, links.sizes.max_value);
         let mut pending = VecDeque::new();
         let local_peer = match to_libp2p_peer(&node.peer_id()) {
             Ok(peer) => {
@@ -270,7 +284,7 @@ impl Host {
             .pending
             .iter()
             .filter_map(|m| match m {
-                FromEngine::Send(envelope) => Some(envelope.clone()),
+                FromEngine::Send(envelope, _) => Some(envelope.clone()),
                 _ => None,
             })
             .collect();
@@ -380,7 +394,9 @@ impl Host {
                     self.clock.track_wire_request(engine, c.wire_req_id);
                 }
                 self.links.stats.delivery.handed_over();
-                self.pending.push_back(FromEngine::Send(envelope));
+                let plan = (envelope.encoded_len() > self.links.sizes.transfer_above)
+                    .then(|| Plan::of(&mut envelope));
+                self.pending.push_back(FromEngine::Send(envelope, plan));
             }
             EngineStep::OpCompleted { .. } | EngineStep::AsyncSuspended { .. }
                 if !self.links.emit_op_steps => {}

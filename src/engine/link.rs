@@ -79,7 +79,7 @@ impl EngineLink {
     pub(crate) fn waiting_envelopes(&self) -> Vec<WireEnvelope> {
         let mut envelopes = Vec::new();
         let mut take = |step: &FromEngine| {
-            if let FromEngine::Send(envelope) = step {
+            if let FromEngine::Send(envelope, _) = step {
                 envelopes.push(envelope.clone());
             }
         };

@@ -10,6 +10,7 @@ use libp2p::PeerId;
 
 use crate::event::{AppEvent, Denial};
 use crate::peer::to_libp2p_peer;
+use crate::transfer::plan::Plan;
 
 /// From the swarm's side to the Node. Each is at most one per envelope
 /// outcome or per peer change, and the swarm takes no new envelopes from
@@ -51,8 +52,9 @@ pub(crate) enum HealthRecord {
 #[derive(Debug)]
 pub(crate) enum FromEngine {
     /// An envelope to put on the wire, its data-plane fills already
-    /// rewritten for the receiver.
-    Send(WireEnvelope),
+    /// rewritten for the receiver, with its transfer plan when it is too
+    /// large for one frame.
+    Send(WireEnvelope, Option<Plan>),
     /// A value the Node published, with its sender.
     App(AppEvent),
     /// Any other step, reported as an event.

@@ -17,6 +17,7 @@
 //! deadlock: the engine always drains the control lane, and the swarm takes
 //! no new envelopes from the engine while its own control messages wait.
 
+pub(crate) mod caps;
 pub(crate) mod delivery;
 pub(crate) mod handle;
 pub(crate) mod host;

@@ -10,7 +10,7 @@ use bb_runtime::node::Node;
 use futures::channel::{mpsc, oneshot};
 use futures::executor::block_on;
 
-use super::host::{Host, HostStats, Init, Job, Links};
+use super::host::{Host, HostStats, Init, Job, Links, Sizes};
 use super::lane::lane;
 use super::link::EngineLink;
 use super::pool::{EnginePool, Start};
@@ -43,6 +43,7 @@ pub(crate) fn start<F, E>(
     make_node: F,
     emit_op_steps: bool,
     metrics: Option<Metrics>,
+    sizes: Sizes,
 ) -> Result<Started, StartError>
 where
     F: FnOnce() -> Result<Node, E> + Send + 'static,
@@ -59,6 +60,7 @@ where
         stats: Arc::clone(&stats),
         emit_op_steps,
         metrics,
+        sizes,
     };
     let (init_tx, init_rx) = oneshot::channel::<Result<Init, StartError>>();
     let start: Start = Box::new(move || {

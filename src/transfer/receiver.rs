@@ -1,0 +1,351 @@
+//! The receiving side of transfers: the values arriving in chunks, within
+//! a budget, checked against their digest before they reach the engine.
+//!
+//! [`Receiver`] owns that state and reports each request's outcome as a
+//! value: a [`Reply`] to send, a complete envelope for the engine, or a
+//! [`Rejection`].
+
+use std::collections::HashMap;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bb_runtime::envelope::{EnvelopeCaps, EnvelopeCodec, WireEnvelope};
+use futures::FutureExt;
+use futures_timer::Delay;
+use libp2p::PeerId;
+
+use super::plan::{chunk_count, chunk_range, segments, Bits, Digest};
+use super::proto::{Reply, Start};
+use crate::codec::decode_rejection;
+use crate::event::{RejectKind, Rejection};
+
+/// Smallest chunk size a `Start` may declare: smaller would let a sender
+/// make the receiver keep a bit per few bytes.
+const MIN_CHUNK_BYTES: u64 = 16 * 1024;
+
+/// Transfers one receiver holds at once, whatever their sizes: each costs
+/// its header and bookkeeping besides its bytes.
+const MAX_TRANSFERS: usize = 64;
+
+/// What came of a chunk.
+#[derive(Debug)]
+pub(crate) enum Received {
+    /// More are due; the answer says which the receiver holds.
+    Partial(Reply),
+    /// The value is whole and matches its digest: the envelope for the
+    /// engine.
+    Complete(WireEnvelope),
+}
+
+/// One value arriving.
+struct Incoming {
+    /// The envelope with its payloads empty.
+    header: WireEnvelope,
+    /// Each fill's payload, allocated at its declared length (zeroed pages
+    /// the allocator maps lazily) and written chunk by chunk.
+    payloads: Vec<Vec<u8>>,
+    total: u64,
+    chunk: u64,
+    have: Bits,
+    /// The digest over the header and the chunks before `hashed`, in order.
+    hasher: blake3::Hasher,
+    hashed: usize,
+    last: Instant,
+}
+
+impl Incoming {
+    fn reply(&self) -> Reply {
+        Reply {
+            have: self.have.as_bytes().to_vec(),
+            ack: None,
+        }
+    }
+
+    fn lengths(&self) -> impl Iterator<Item = u64> + '_ {
+        self.payloads.iter().map(|p| p.len() as u64)
+    }
+
+    /// Feeds the chunks now contiguous with what was hashed.
+    fn hash_forward(&mut self) {
+        while self.hashed < self.have.len() && self.have.get(self.hashed) {
+            let range = chunk_range(self.hashed, self.chunk, self.total);
+            let pieces: Vec<_> = segments(self.lengths(), range).collect();
+            for (fill, range) in pieces {
+                self.hasher.update(&self.payloads[fill][range]);
+            }
+            self.hashed += 1;
+        }
+    }
+}
+
+/// The values arriving in chunks from every peer.
+pub(crate) struct Receiver {
+    transfers: HashMap<(PeerId, Digest), Incoming>,
+    /// Bytes the transfers held may grow to, together.
+    budget: usize,
+    held: usize,
+    max_value: usize,
+    max_chunk: usize,
+    caps: EnvelopeCaps,
+    /// A transfer with no chunk for this long is dropped.
+    idle_limit: Duration,
+    timer: Option<Delay>,
+}
+
+impl Receiver {
+    pub(crate) fn new(
+        budget: usize,
+        max_value: usize,
+        max_chunk: usize,
+        caps: EnvelopeCaps,
+        idle_limit: Duration,
+    ) -> Self {
+        Self {
+            transfers: HashMap::new(),
+            budget,
+            held: 0,
+            max_value,
+            max_chunk,
+            caps,
+            idle_limit,
+            timer: None,
+        }
+    }
+
+    /// Bytes the transfers under way hold.
+    pub(crate) fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Transfers under way.
+    pub(crate) fn len(&self) -> usize {
+        self.transfers.len()
+    }
+
+    /// Opens the transfer `start` names, or says how far it got.
+    pub(crate) fn start(&mut self, peer: PeerId, start: Start) -> Result<Reply, Rejection> {
+        let digest = digest_of(&start.digest)?;
+        if let Some(incoming) = self.transfers.get_mut(&(peer, digest)) {
+            incoming.last = Instant::now();
+            return Ok(incoming.reply());
+        }
+        let total = start
+            .fill_lengths
+            .iter()
+            .try_fold(0u64, |sum, len| sum.checked_add(*len))
+            .unwrap_or(u64::MAX);
+        if total == 0 {
+            return Err(Rejection::new(
+                RejectKind::Malformed,
+                "a transfer carries at least one byte".to_string(),
+            ));
+        }
+        if total > self.max_value as u64 {
+            return Err(Rejection::new(
+                RejectKind::Oversize,
+                format!(
+                    "transfer claims {total} bytes, the largest value taken is {}",
+                    self.max_value
+                ),
+            ));
+        }
+        let chunk = start.chunk_bytes;
+        if !(MIN_CHUNK_BYTES..=self.max_chunk as u64).contains(&chunk) {
+            return Err(Rejection::new(
+                RejectKind::ChunkRange,
+                format!(
+                    "chunk size {chunk} is outside {MIN_CHUNK_BYTES}..={}",
+                    self.max_chunk
+                ),
+            ));
+        }
+        let header =
+            EnvelopeCodec::decode_capped(&start.header, &self.caps).map_err(decode_rejection)?;
+        if header.fills.len() != start.fill_lengths.len()
+            || header.fills.iter().any(|f| !f.payload.is_empty())
+        {
+            return Err(Rejection::new(
+                RejectKind::Malformed,
+                format!(
+                    "header has {} fills with payloads empty or not; {} lengths given",
+                    header.fills.len(),
+                    start.fill_lengths.len()
+                ),
+            ));
+        }
+        let size = total as usize;
+        if self.transfers.len() >= MAX_TRANSFERS || self.held.saturating_add(size) > self.budget {
+            return Err(Rejection::new(
+                RejectKind::Busy,
+                format!(
+                    "transfers hold {} of their {} bytes in {} values; {size} more do not fit",
+                    self.held,
+                    self.budget,
+                    self.transfers.len()
+                ),
+            ));
+        }
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&start.header);
+        let count = chunk_count(chunk, total);
+        let incoming = Incoming {
+            header,
+            payloads: start
+                .fill_lengths
+                .iter()
+                .map(|len| vec![0u8; *len as usize])
+                .collect(),
+            total,
+            chunk,
+            have: Bits::new(count),
+            hasher,
+            hashed: 0,
+            last: Instant::now(),
+        };
+        let reply = incoming.reply();
+        self.held += size;
+        self.transfers.insert((peer, digest), incoming);
+        Ok(reply)
+    }
+
+    /// Takes one chunk of `peer`'s transfer `digest`.
+    pub(crate) fn chunk(
+        &mut self,
+        peer: PeerId,
+        digest: &[u8],
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<Received, Rejection> {
+        let digest = digest_of(digest)?;
+        let key = (peer, digest);
+        let Some(incoming) = self.transfers.get_mut(&key) else {
+            return Err(Rejection::new(
+                RejectKind::UnknownTransfer,
+                format!("no transfer {} from {peer}", short(&digest)),
+            ));
+        };
+        let index = offset / incoming.chunk;
+        let expected = (index < incoming.have.len() as u64)
+            .then(|| chunk_range(index as usize, incoming.chunk, incoming.total));
+        let Some(range) =
+            expected.filter(|r| r.start == offset && r.end - r.start == bytes.len() as u64)
+        else {
+            return Err(Rejection::new(
+                RejectKind::ChunkRange,
+                format!(
+                    "{} bytes at {offset}: chunks of this transfer are {} bytes at multiples of it, within {}",
+                    bytes.len(),
+                    incoming.chunk,
+                    incoming.total
+                ),
+            ));
+        };
+        incoming.last = Instant::now();
+        let index = index as usize;
+        if !incoming.have.get(index) {
+            let mut at = 0;
+            let pieces: Vec<_> = segments(incoming.lengths(), range).collect();
+            for (fill, range) in pieces {
+                let len = range.len();
+                incoming.payloads[fill][range].copy_from_slice(&bytes[at..at + len]);
+                at += len;
+            }
+            incoming.have.set(index);
+            incoming.hash_forward();
+        }
+        if incoming.hashed < incoming.have.len() {
+            return Ok(Received::Partial(incoming.reply()));
+        }
+        self.finish(key).map(Received::Complete)
+    }
+
+    fn finish(&mut self, key: (PeerId, Digest)) -> Result<WireEnvelope, Rejection> {
+        let incoming = self
+            .transfers
+            .remove(&key)
+            .expect("finish is called for a held transfer");
+        self.held -= incoming.total as usize;
+        let got = *incoming.hasher.finalize().as_bytes();
+        if got != key.1 {
+            return Err(Rejection::new(
+                RejectKind::Integrity,
+                format!(
+                    "the value's {} bytes hash to {}, its transfer declared {}",
+                    incoming.total,
+                    short(&got),
+                    short(&key.1)
+                ),
+            ));
+        }
+        let mut envelope = incoming.header;
+        for (fill, payload) in envelope.fills.iter_mut().zip(incoming.payloads) {
+            fill.payload = payload;
+        }
+        Ok(envelope)
+    }
+
+    /// Drops `peer`'s transfers (it was denied).
+    pub(crate) fn forget(&mut self, peer: &PeerId) {
+        let held = &mut self.held;
+        self.transfers.retain(|(p, _), incoming| {
+            let keep = p != peer;
+            if !keep {
+                *held -= incoming.total as usize;
+            }
+            keep
+        });
+    }
+
+    /// The next transfer dropped because no chunk came for the idle limit,
+    /// with why; arms a timer for the next look while any are held.
+    pub(crate) fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<(PeerId, Rejection)> {
+        if let Some(timer) = self.timer.as_mut() {
+            if timer.poll_unpin(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.timer = None;
+        }
+        let limit = self.idle_limit;
+        let stalled = self
+            .transfers
+            .iter()
+            .find(|(_, t)| t.last.elapsed() >= limit)
+            .map(|(key, _)| *key);
+        if let Some(key) = stalled {
+            let incoming = self.transfers.remove(&key).expect("found above");
+            self.held -= incoming.total as usize;
+            let got = incoming.have.count();
+            return Poll::Ready((
+                key.0,
+                Rejection::new(
+                    RejectKind::Timeout,
+                    format!(
+                        "transfer {} stalled: no chunk for {limit:?}, {got} of {} chunks had come; dropped",
+                        short(&key.1),
+                        incoming.have.len()
+                    ),
+                ),
+            ));
+        }
+        if let Some(next) = self.transfers.values().map(|t| t.last + limit).min() {
+            let mut timer = Delay::new(next.saturating_duration_since(Instant::now()));
+            let _ = timer.poll_unpin(cx);
+            self.timer = Some(timer);
+        }
+        Poll::Pending
+    }
+}
+
+fn digest_of(bytes: &[u8]) -> Result<Digest, Rejection> {
+    bytes.try_into().map_err(|_| {
+        Rejection::new(
+            RejectKind::Malformed,
+            format!("a transfer digest is 32 bytes, not {}", bytes.len()),
+        )
+    })
+}
+
+/// The first bytes of a digest, in hex, for messages.
+fn short(digest: &Digest) -> String {
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
