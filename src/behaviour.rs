@@ -343,7 +343,11 @@ impl Behaviour {
 
     /// Envelopes and bytes sent to and received from other peers so far.
     pub fn wire_stats(&self) -> WireStats {
-        *self.inbound.stats()
+        WireStats {
+            chunk_bytes_sent: self.outbound.chunk_bytes_sent(),
+            chunk_bytes_received: self.receiver.chunk_bytes(),
+            ..*self.inbound.stats()
+        }
     }
 
     /// Hands the Node an envelope from `peer` that arrived by other means (a

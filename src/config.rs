@@ -145,8 +145,10 @@ impl Config {
     /// behaviour sends and accepts; see [`Config::default`].
     ///
     /// The Node's engine caps are raised to fit it: the per-fill and total
-    /// envelope caps, the ingress byte budget and `max_invoke_bytes`
-    /// (caps already higher stay). A larger outbound value fails with
+    /// envelope caps, the ingress byte budget and `max_invoke_bytes`, each
+    /// when it is still at bytesandbrains' default (a cap the Node's maker
+    /// set, higher or lower, stands: a lower ingress byte budget refuses
+    /// larger values as [`RejectKind::CapsExceeded`](crate::RejectKind::CapsExceeded)). A larger outbound value fails with
     /// [`SendFailure::Oversize`](crate::SendFailure::Oversize); a transfer
     /// claiming more is refused as
     /// [`RejectKind::Oversize`](crate::RejectKind::Oversize) before any of

@@ -218,6 +218,11 @@ impl Outbound {
         self.transfers.len()
     }
 
+    /// Chunk bytes put on the wire so far.
+    pub(crate) fn chunk_bytes_sent(&self) -> u64 {
+        self.transfers.chunk_bytes()
+    }
+
     /// Envelopes waiting to go: for room, for a busy peer, or for a cut
     /// link to come back.
     pub(crate) fn queued(&self) -> usize {

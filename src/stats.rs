@@ -14,4 +14,11 @@ pub struct WireStats {
     pub envelopes_received: u64,
     /// Their encoded bytes.
     pub bytes_received: u64,
+    /// Bytes of transfer chunks ([`crate::transfer`]) put on the wire,
+    /// each time one went (a chunk cut off with its connection goes again).
+    pub chunk_bytes_sent: u64,
+    /// Bytes of transfer chunks read that fit their transfer, each time one
+    /// arrived (an envelope's encoded size counts in `bytes_received` once
+    /// it is whole).
+    pub chunk_bytes_received: u64,
 }

@@ -90,6 +90,8 @@ pub(crate) struct Receiver {
     /// A transfer with no chunk for this long is dropped.
     idle_limit: Duration,
     timer: Option<Delay>,
+    /// Bytes of chunks taken, again ones included.
+    chunk_bytes: u64,
 }
 
 impl Receiver {
@@ -109,12 +111,18 @@ impl Receiver {
             caps,
             idle_limit,
             timer: None,
+            chunk_bytes: 0,
         }
     }
 
     /// Bytes the transfers under way hold.
     pub(crate) fn held(&self) -> usize {
         self.held
+    }
+
+    /// Bytes of chunks taken so far, again ones included.
+    pub(crate) fn chunk_bytes(&self) -> u64 {
+        self.chunk_bytes
     }
 
     /// Transfers under way.
@@ -241,6 +249,7 @@ impl Receiver {
             ));
         };
         incoming.last = Instant::now();
+        self.chunk_bytes += bytes.len() as u64;
         let index = index as usize;
         if !incoming.have.get(index) {
             let mut at = 0;

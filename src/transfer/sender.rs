@@ -89,6 +89,8 @@ pub(crate) struct Sender {
     next_id: TransferId,
     ended: VecDeque<Ended>,
     timer: Option<Delay>,
+    /// Chunk bytes put on the wire.
+    chunk_bytes: u64,
 }
 
 impl Sender {
@@ -126,6 +128,11 @@ impl Sender {
         self.requests.insert(request, (id, Piece::Start));
         self.transfers.insert(id, transfer);
         id
+    }
+
+    /// Chunk bytes put on the wire so far.
+    pub(crate) fn chunk_bytes(&self) -> u64 {
+        self.chunk_bytes
     }
 
     /// Transfers on the wire or waiting for a busy receiver.
@@ -258,6 +265,7 @@ impl Sender {
                 self.requests.insert(request, (id, Piece::Chunk(index)));
                 transfer.sending.set(index);
                 transfer.in_flight += 1;
+                self.chunk_bytes += range.end - range.start;
             }
             index += 1;
         }
