@@ -337,6 +337,7 @@ impl Behaviour {
                 }
             }
             Message::Wire(Request::Invalid(rejection)) => refused(rejection, false),
+            Message::Refused(rejection) => refused(rejection, true),
             Message::Start(start) => {
                 if let Some(denial) = self.health.denial(&peer) {
                     let why = format!("peer {peer} denied: {denial}");

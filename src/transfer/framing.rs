@@ -50,6 +50,10 @@ pub enum Message {
     Start(Start),
     /// One chunk of a transfer.
     Chunk(Chunk),
+    /// A transfer's request that could not be read: answered with a
+    /// [`Reply`] that refuses it (an envelope's is a
+    /// [`Request::Invalid`], answered with an [`Ack`]).
+    Refused(Rejection),
 }
 
 /// One chunk of a transfer.
@@ -119,9 +123,10 @@ impl Framing {
     }
 }
 
-/// A frame that could not be read becomes a refusal of the whole request.
+/// A transfer frame that could not be read becomes a refusal of the whole
+/// request.
 fn invalid(rejection: Rejection) -> Message {
-    Message::Wire(Request::Invalid(rejection))
+    Message::Refused(rejection)
 }
 
 async fn read_tag<T: AsyncRead + Unpin>(io: &mut T, stall: Option<Duration>) -> io::Result<u8> {
@@ -165,19 +170,22 @@ impl Framing {
                 });
             }
             Ok(tag) => {
-                return Ok(invalid(Rejection::new(
+                return Ok(Message::Wire(Request::Invalid(Rejection::new(
                     RejectKind::Malformed,
                     format!("unknown message tag {tag}"),
-                )))
+                ))))
             }
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Ok(invalid(Rejection::new(
+                return Ok(Message::Wire(Request::Invalid(Rejection::new(
                     RejectKind::Truncated,
                     "stream ended before the message tag".to_string(),
-                )))
+                ))))
             }
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                return Ok(invalid(Rejection::new(RejectKind::Timeout, e.to_string())))
+                return Ok(Message::Wire(Request::Invalid(Rejection::new(
+                    RejectKind::Timeout,
+                    e.to_string(),
+                ))))
             }
             Err(e) => return Err(e),
         }
@@ -302,6 +310,12 @@ impl libp2p::request_response::Codec for Framing {
             Message::Wire(_) => TAG_ENVELOPE,
             Message::Start(_) => TAG_START,
             Message::Chunk(_) => TAG_CHUNK,
+            Message::Refused(rejection) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("a refused inbound request is never sent: {rejection}"),
+                ))
+            }
         };
         if transfer {
             progress::write_all(io, &[tag], self.write_timeout, None).await?;
@@ -312,6 +326,7 @@ impl libp2p::request_response::Codec for Framing {
             }
             Message::Start(start) => write_frame(io, &start, self.write_timeout, None).await?,
             Message::Chunk(chunk) => self.write_chunk(io, chunk).await?,
+            Message::Refused(_) => 0,
         };
         Ok(())
     }
@@ -337,4 +352,41 @@ impl libp2p::request_response::Codec for Framing {
 /// Whether `error` says the peer speaks only [`PROTOCOL_NAME`].
 pub(crate) fn lacks_transfers(error: &io::Error) -> bool {
     error.kind() == io::ErrorKind::Unsupported && error.to_string() == PEER_LACKS_TRANSFERS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+    use libp2p::request_response::Codec as _;
+
+    fn framing() -> Framing {
+        Framing::new(Codec::new(Default::default(), 1 << 20), 4 << 20)
+    }
+
+    #[test]
+    fn a_start_round_trips() {
+        let start = Start {
+            digest: vec![1; 32],
+            header: vec![1, 2, 3],
+            fill_lengths: vec![5, 6],
+            chunk_bytes: 1 << 20,
+        };
+        let mut buf = futures::io::Cursor::new(Vec::new());
+        block_on(framing().write_request(
+            &TRANSFER_PROTOCOL,
+            &mut buf,
+            Message::Start(start.clone()),
+        ))
+        .unwrap();
+        let bytes = buf.into_inner();
+        let got = block_on(
+            framing().read_request(&TRANSFER_PROTOCOL, &mut futures::io::Cursor::new(bytes)),
+        )
+        .unwrap();
+        match got {
+            Message::Start(got) => assert_eq!(got, start),
+            other => panic!("{other:?}"),
+        }
+    }
 }
