@@ -358,7 +358,6 @@ pub(crate) fn lacks_transfers(error: &io::Error) -> bool {
 mod tests {
     use super::*;
     use futures::executor::block_on;
-    use libp2p::request_response::Codec as _;
 
     fn framing() -> Framing {
         Framing::new(Codec::new(Default::default(), 1 << 20), 4 << 20)
