@@ -335,17 +335,21 @@ async fn send(options: Options) -> Result<()> {
     let mut probes: Vec<Instant> = Vec::new();
     let mut latencies: Vec<Duration> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
+    // When the first chunk went: the engine's work on the value before it.
+    let mut first_chunk = None;
     let small = values::bytes(&[7u8; 1024]);
     let first = values::peers(&peers[..1]);
     while acked < peers.len() {
         tokio::select! {
             event = swarm.select_next_some() => match event {
                 SwarmEvent::Behaviour(BothEvent::Bb(Event::EnvelopeAcknowledged { wire_req_id, .. })) => {
-                    let id = wire_req_id.unwrap_or(0) as usize;
-                    if id >= peers.len() && id - peers.len() < probes.len() {
-                        latencies.push(probes[id - peers.len()].elapsed());
-                    } else {
-                        acked += 1;
+                    // The large value's envelopes share the first request
+                    // id the Node mints, 0; each probe has the next.
+                    match wire_req_id.unwrap_or(0) as usize {
+                        0 => acked += 1,
+                        id => if let Some(sent) = probes.get(id - 1) {
+                            latencies.push(sent.elapsed());
+                        }
                     }
                 }
                 SwarmEvent::Behaviour(BothEvent::Bb(Event::SendFailed { reason, .. })) => {
@@ -354,7 +358,11 @@ async fn send(options: Options) -> Result<()> {
                 _ => {}
             },
             _ = tick.tick() => {
-                progress.set_position(swarm.behaviour().bb.wire_stats().chunk_bytes_sent.min(moved));
+                let sent = swarm.behaviour().bb.wire_stats().chunk_bytes_sent;
+                if sent > 0 && first_chunk.is_none() {
+                    first_chunk = Some(started.elapsed());
+                }
+                progress.set_position(sent.min(moved));
                 if let Some(done) = invoke.as_mut().filter(|i| i.is_finished()) {
                     done.await???;
                     invoke = None;
@@ -443,6 +451,11 @@ async fn send(options: Options) -> Result<()> {
             ),
             _ => println!("1 KiB values during the transfer: none acknowledged"),
         }
+    }
+    if let Some(first) = first_chunk {
+        println!(
+            "bb-libp2p: first chunk on the wire after {first:.2?} (the engine's work on the value)"
+        );
     }
     println!("peak rss: sender {}", peak_rss());
     for (i, receiver) in receivers.into_iter().enumerate() {

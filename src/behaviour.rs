@@ -362,6 +362,20 @@ impl Behaviour {
         self.accept(peer, envelope)
     }
 
+    /// Answers a request of either protocol from `peer` that arrived by
+    /// other means (a fuzzer, a transport of the application's), exactly
+    /// as one read from the wire: an envelope goes through
+    /// [`Behaviour::inject_envelope`]'s checks, a transfer's `Start` or
+    /// chunk through the receiving side of [`crate::transfer`], and a
+    /// refusal is reported as [`Event::InboundRejected`] too.
+    pub fn inject_request(
+        &mut self,
+        peer: PeerId,
+        request: crate::transfer::Message,
+    ) -> crate::transfer::Answer {
+        self.serve(peer, None, request)
+    }
+
     /// Restores `snapshot` (from [`Behaviour::snapshot`]) onto `node`,
     /// installed afresh from the same model and targets with the same
     /// identity. Call it inside the closure given to [`Behaviour::new`].

@@ -5,11 +5,18 @@ use std::path::Path;
 
 use bb_libp2p::codec::Request;
 use bb_libp2p::{to_engine_peer, PROTOCOL_NAME};
-use bb_libp2p_fuzz::{codec, envelope, peer, sender_peer, MAX_ENVELOPE_BYTES};
+use std::sync::Arc;
+
+use bb_libp2p::progress::Progress;
+use bb_libp2p::transfer::proto::Start;
+use bb_libp2p::transfer::{Chunk, ChunkBytes, Message};
+use bb_libp2p::TRANSFER_PROTOCOL;
+use bb_libp2p_fuzz::{codec, envelope, framing, peer, sender_peer, MAX_ENVELOPE_BYTES};
 use bb_runtime::envelope::WireEnvelope;
 use bytesandbrains::syscall::values::BytesValue;
 use futures::executor::block_on;
 use libp2p::request_response::Codec as _;
+use prost::Message as _;
 
 /// A value `x` as a sender's `invoke` takes it.
 fn value(bytes: &[u8]) -> Vec<u8> {
@@ -54,6 +61,88 @@ fn main() -> std::io::Result<()> {
         ("bad_prefix", vec![0xff; 11]),
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/inbound");
+    std::fs::create_dir_all(&dir)?;
+    for (name, bytes) in seeds {
+        std::fs::write(dir.join(name), bytes)?;
+    }
+    write_transfer_seeds()
+}
+
+/// One request as the `transfer` target reads it: a little-endian `u16`
+/// length, then the request stream.
+fn request(message: Message) -> Vec<u8> {
+    let mut out = futures::io::Cursor::new(Vec::new());
+    block_on(framing().write_request(&TRANSFER_PROTOCOL, &mut out, message))
+        .expect("writes to memory");
+    let bytes = out.into_inner();
+    [(bytes.len() as u16).to_le_bytes().to_vec(), bytes].concat()
+}
+
+/// Seeds of the `transfer` target, in `seeds/transfer/`: a value of 100 KiB
+/// in 16 KiB chunks, whole and broken in each way the receiver refuses.
+fn write_transfer_seeds() -> std::io::Result<()> {
+    const CHUNK: u64 = 16 * 1024;
+    let full = envelope("req", &value(&[7u8; 100 * 1024]), sender_peer());
+    let mut hollow = full.clone();
+    hollow.fills.iter_mut().for_each(|f| f.payload.clear());
+    let header = hollow.encode_to_vec();
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&header);
+    full.fills.iter().for_each(|f| {
+        hasher.update(&f.payload);
+    });
+    let start = Start {
+        digest: hasher.finalize().as_bytes().to_vec(),
+        header,
+        fill_lengths: full.fills.iter().map(|f| f.payload.len() as u64).collect(),
+        chunk_bytes: CHUNK,
+    };
+    let total: u64 = start.fill_lengths.iter().sum();
+    let full = Arc::new(full);
+    let chunk = |digest: &[u8], offset: u64, len: u64| {
+        request(Message::Chunk(Chunk {
+            digest: digest.to_vec(),
+            offset,
+            bytes: ChunkBytes::Sending {
+                envelope: Arc::clone(&full),
+                len,
+                progress: Progress::new(),
+            },
+        }))
+    };
+    let chunks = |digest: &[u8]| -> Vec<u8> {
+        (0..total.div_ceil(CHUNK))
+            .flat_map(|i| chunk(digest, i * CHUNK, CHUNK.min(total - i * CHUNK)))
+            .collect()
+    };
+    let opened = request(Message::Start(start.clone()));
+    let mut lying = start.clone();
+    lying.digest[0] ^= 1;
+    let mut huge = start.clone();
+    huge.fill_lengths = vec![100 << 30];
+    let small = envelope("req", &value(b"small"), sender_peer());
+    let seeds: [(&str, Vec<u8>); 6] = [
+        ("whole", [opened.clone(), chunks(&start.digest)].concat()),
+        (
+            "wrong_digest",
+            [
+                request(Message::Start(lying.clone())),
+                chunks(&lying.digest),
+            ]
+            .concat(),
+        ),
+        ("huge_claim", request(Message::Start(huge))),
+        ("unknown_transfer", chunk(&[9; 32], 0, CHUNK)),
+        (
+            "off_boundary",
+            [opened, chunk(&start.digest, CHUNK / 2, CHUNK)].concat(),
+        ),
+        (
+            "envelope",
+            request(Message::Wire(Request::Envelope(Arc::new(small)))),
+        ),
+    ];
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/transfer");
     std::fs::create_dir_all(&dir)?;
     for (name, bytes) in seeds {
         std::fs::write(dir.join(name), bytes)?;

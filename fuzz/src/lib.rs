@@ -16,6 +16,7 @@ use std::task::{Context, Waker};
 use bb_ir::proto::onnx::{NodeProto, StringStringEntryProto};
 use bb_libp2p::codec::Codec;
 use bb_libp2p::sites::portable_site_id;
+use bb_libp2p::transfer::Framing;
 use bb_libp2p::{p2p_address, to_engine_peer, Behaviour, Config, Rejection};
 use bb_runtime::envelope::{
     CorrelationKind, EnvelopeCaps, SlotFill, WireCorrelation, WireEnvelope,
@@ -39,6 +40,17 @@ pub const MAX_ENVELOPE_BYTES: usize = 64 * 1024;
 /// with [`MAX_ENVELOPE_BYTES`].
 pub fn codec() -> Codec {
     Codec::new(EnvelopeCaps::default(), MAX_ENVELOPE_BYTES)
+}
+
+/// The largest value the `transfer` target's receiver takes, and its
+/// transfer budget: four of them.
+pub const MAX_VALUE_BYTES: usize = 256 * 1024;
+pub const TRANSFER_BUDGET: usize = 4 * MAX_VALUE_BYTES;
+
+/// The codec of both protocols, as the receiver reads them: chunks of up
+/// to 64 KiB.
+pub fn framing() -> Framing {
+    Framing::new(codec(), 64 * 1024)
 }
 
 /// A fixed libp2p PeerId (a sha2-256 multihash of `n` repeated), so that
@@ -133,7 +145,10 @@ pub fn receiver() -> Behaviour {
                 bytesandbrains::Config::new(),
             )
         },
-        Config::default().with_max_envelope_bytes(MAX_ENVELOPE_BYTES),
+        Config::default()
+            .with_max_envelope_bytes(MAX_ENVELOPE_BYTES)
+            .with_max_value_bytes(MAX_VALUE_BYTES)
+            .with_transfer_budget(TRANSFER_BUDGET),
     )
     .expect("the receiver's Node starts")
 }
@@ -156,6 +171,20 @@ pub fn deliver(
     cycles: usize,
     tick_ns: u64,
 ) -> Result<(), Rejection> {
+    held(receiver, cycles, tick_ns, |receiver| {
+        receiver.inject_envelope(peer, envelope)
+    })
+}
+
+/// Runs `inject` on `receiver` while its engine thread waits, then moves
+/// the engine's clock on by `tick_ns` and runs up to `cycles` engine
+/// cycles there (see [`deliver`]).
+pub fn held<R>(
+    receiver: &mut Behaviour,
+    cycles: usize,
+    tick_ns: u64,
+    inject: impl FnOnce(&mut Behaviour) -> R,
+) -> R {
     let (started, on_started) = mpsc::channel::<()>();
     let (injected, on_injected) = mpsc::channel::<()>();
     let node = receiver.handle();
@@ -186,7 +215,7 @@ pub fn deliver(
             Err(TryRecvError::Disconnected) => panic!("the receiver's engine thread stopped"),
         }
     }
-    let verdict = receiver.inject_envelope(peer, envelope);
+    let verdict = inject(receiver);
     let _ = injected.send(());
     futures::executor::block_on(call).expect("the receiver's engine thread runs");
     verdict

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bb_runtime::engine::EngineStep;
 use bb_runtime::envelope::WireEnvelope;
 use libp2p::request_response;
-use libp2p::swarm::ToSwarm;
+use libp2p::swarm::{ConnectionId, ToSwarm};
 use libp2p::PeerId;
 
 use super::Behaviour;
@@ -257,15 +257,7 @@ impl Behaviour {
                         request, channel, ..
                     },
             } => {
-                let (answer, rejection) = self.answer(peer, request);
-                if let Some(rejection) = rejection {
-                    tracing::debug!(%peer, %rejection, "inbound request rejected");
-                    self.report(Event::InboundRejected {
-                        peer,
-                        connection_id: Some(connection_id),
-                        rejection,
-                    });
-                }
+                let answer = self.serve(peer, Some(connection_id), request);
                 // A closed channel means the stream already failed; the
                 // inner behaviour reports that as an InboundFailure.
                 let _ = self.inner.send_response(channel, answer);
@@ -311,6 +303,25 @@ impl Behaviour {
             }
             Wire::ResponseSent { .. } => {}
         }
+    }
+
+    /// Answers one request from `peer`, reporting a refusal.
+    pub(super) fn serve(
+        &mut self,
+        peer: PeerId,
+        connection_id: Option<ConnectionId>,
+        request: Message,
+    ) -> Answer {
+        let (answer, rejection) = self.answer(peer, request);
+        if let Some(rejection) = rejection {
+            tracing::debug!(%peer, %rejection, "inbound request rejected");
+            self.report(Event::InboundRejected {
+                peer,
+                connection_id,
+                rejection,
+            });
+        }
+        answer
     }
 
     /// The answer to one request from `peer`, and the refusal it carries.
