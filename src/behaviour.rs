@@ -412,8 +412,10 @@ impl Behaviour {
         (self.receiver.len(), self.receiver.held())
     }
 
-    /// Envelopes crossing in chunks to peers now.
-    pub fn transfers_sending(&self) -> usize {
+    /// Envelopes crossing in chunks to peers now, and the bytes of the
+    /// payloads they read from: a value sent to many peers is held once, so
+    /// ten transfers of one 8 MiB value hold 8 MiB.
+    pub fn transfers_sending(&self) -> (usize, usize) {
         self.outbound.transfers_sending()
     }
 
@@ -441,8 +443,7 @@ impl Behaviour {
         &self,
     ) -> impl Future<Output = Result<NodeSnapshot, SnapshotFailed>> + Send + 'static {
         // Those the swarm has not taken from the engine yet count too.
-        let mut unacknowledged: Vec<WireEnvelope> =
-            self.outbound.unacknowledged().cloned().collect();
+        let mut unacknowledged: Vec<WireEnvelope> = self.outbound.unacknowledged().collect();
         unacknowledged.extend(self.engine.waiting_envelopes());
         let jobs = self.handle.jobs.clone();
         async move {

@@ -213,9 +213,10 @@ impl Outbound {
         self.in_flight.len()
     }
 
-    /// Envelopes crossing in chunks.
-    pub(crate) fn transfers_sending(&self) -> usize {
-        self.transfers.len()
+    /// Envelopes crossing in chunks, and the bytes of the payloads they
+    /// read from.
+    pub(crate) fn transfers_sending(&self) -> (usize, usize) {
+        (self.transfers.len(), self.transfers.payload_bytes())
     }
 
     /// Chunk bytes put on the wire so far.
@@ -229,14 +230,15 @@ impl Outbound {
         self.outbox.len() + self.redelivery.len() + self.direct_wait.len()
     }
 
-    /// Every envelope not acknowledged yet, on the wire or waiting.
-    pub(crate) fn unacknowledged(&self) -> impl Iterator<Item = &WireEnvelope> {
+    /// Every envelope not acknowledged yet, on the wire or waiting, whole
+    /// (a transfer's payloads copied back in).
+    pub(crate) fn unacknowledged(&self) -> impl Iterator<Item = WireEnvelope> + '_ {
         self.in_flight
             .values()
             .chain(self.outbox.iter())
             .chain(self.redelivery.iter())
             .chain(self.direct_wait.iter())
-            .map(|o| o.envelope.as_ref())
+            .map(Outgoing::whole)
     }
 
     /// A connection with `peer` was established or closed; `connected`
@@ -272,7 +274,9 @@ impl Outbound {
         plan: Option<Plan>,
     ) {
         let wire_req_id = envelope.correlation.as_ref().map(|c| c.wire_req_id);
-        let size = envelope.encoded_len();
+        let size = plan
+            .as_ref()
+            .map_or_else(|| envelope.encoded_len(), Plan::size);
         let value = plan.as_ref().map_or(0, |p| p.total() as usize);
         let over = match &plan {
             None => (size > self.max_envelope_bytes).then_some(self.max_envelope_bytes),
@@ -524,9 +528,7 @@ impl Outbound {
             return self.end(outgoing, refusal);
         }
         // Too large for the relay its peer is reached through.
-        if link.relayed_only(&outgoing.peer)
-            && self.direct_wait.too_large(outgoing.envelope.encoded_len())
-        {
+        if link.relayed_only(&outgoing.peer) && self.direct_wait.too_large(outgoing.size()) {
             if let Some((outgoing, reason)) = self.direct_wait.hold(outgoing) {
                 self.fail(&outgoing, reason);
             }
@@ -553,7 +555,7 @@ impl Outbound {
         }
         let envelope = &outgoing.envelope;
         outgoing.since = Instant::now();
-        let (peer, size) = (outgoing.peer, envelope.encoded_len());
+        let (peer, size) = (outgoing.peer, outgoing.size());
         tracing::debug!(parent: &outgoing.span, attempt = outgoing.busy_answers + 1, "sending");
         link.stats.envelopes_sent += 1;
         link.stats.bytes_sent += size as u64;
@@ -566,7 +568,6 @@ impl Outbound {
             Some(plan) => Attempt::Transfer(self.transfers.begin(
                 link.inner,
                 peer,
-                Arc::clone(envelope),
                 Arc::clone(plan),
                 outgoing.progress.clone(),
                 self.busy_limit,

@@ -8,6 +8,8 @@ use std::time::Instant;
 use bb_runtime::envelope::WireEnvelope;
 use libp2p::PeerId;
 
+use prost::Message;
+
 use crate::progress::Progress;
 use crate::transfer::plan::Plan;
 
@@ -61,6 +63,24 @@ impl Outgoing {
             maybe_delivered: false,
             progress: Progress::new(),
             plan: None,
+        }
+    }
+}
+
+impl Outgoing {
+    /// About its encoded size (a transfer's: its header and payloads).
+    pub(crate) fn size(&self) -> usize {
+        match &self.plan {
+            Some(plan) => plan.size(),
+            None => self.envelope.encoded_len(),
+        }
+    }
+
+    /// The whole envelope: a transfer's payloads copied back in.
+    pub(crate) fn whole(&self) -> WireEnvelope {
+        match &self.plan {
+            Some(plan) => plan.rehydrate(&self.envelope),
+            None => self.envelope.as_ref().clone(),
         }
     }
 }

@@ -26,7 +26,6 @@ use futures::FutureExt;
 use futures_timer::Delay;
 use libp2p::swarm::ConnectionId;
 use libp2p::PeerId;
-use prost::Message;
 
 use crate::event::SendFailure;
 use crate::outbox::Outgoing;
@@ -171,7 +170,7 @@ impl DirectWait {
 
     fn failure(&self, outgoing: &Outgoing) -> SendFailure {
         SendFailure::RelayedLimit {
-            size: outgoing.envelope.encoded_len(),
+            size: outgoing.size(),
             limit: self.max_relayed_bytes,
             waited: self.wait,
         }

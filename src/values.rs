@@ -25,7 +25,8 @@ use crate::peer::{to_engine_peer, to_libp2p_peer};
 
 /// Bytes as a value (`BytesValue`).
 pub fn bytes(payload: &[u8]) -> Vec<u8> {
-    bincode::serialize(&BytesValue(payload.to_vec())).expect("a byte vector always encodes")
+    // bincode's layout, written in one copy (see `compat/bulk.rs`).
+    crate::compat::bulk::encode(payload)
 }
 
 /// `f32`s as a value: their little-endian bytes as a `BytesValue`, the
@@ -44,6 +45,9 @@ pub fn peers(peers: &[PeerId]) -> Vec<u8> {
 
 /// The bytes of a value made with [`bytes`].
 pub fn decode_bytes(value: &[u8]) -> Result<Vec<u8>, ValueError> {
+    if let Some(bytes) = crate::compat::bulk::decode(value) {
+        return Ok(bytes.to_vec());
+    }
     bincode::deserialize::<BytesValue>(value)
         .map(|b| b.0)
         .map_err(|e| ValueError::new("bytes", e.to_string()))

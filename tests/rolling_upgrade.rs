@@ -155,7 +155,7 @@ async fn a_new_peer_sends_to_an_old_one_what_fits_a_frame() {
     )
     .await;
     assert_eq!(reason, SendFailure::UnsupportedProtocol);
-    assert_eq!(a.behaviour().transfers_sending(), 0);
+    assert_eq!(a.behaviour().transfers_sending(), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

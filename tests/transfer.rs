@@ -77,7 +77,7 @@ async fn a_48_mib_value_crosses_above_every_old_cap() {
     let stats = b.behaviour().wire_stats();
     assert_eq!(stats.envelopes_received, 1);
     assert_eq!(b.behaviour().transfers_receiving(), (0, 0));
-    assert_eq!(a.behaviour().transfers_sending(), 0);
+    assert_eq!(a.behaviour().transfers_sending(), (0, 0));
     // Each byte of the value crossed once.
     assert!(stats.bytes_received >= 48 << 20 && stats.bytes_received < (48 << 20) + 4096);
     // The value crossed in chunks, each once.
@@ -265,4 +265,86 @@ async fn past_the_budget_the_receiver_says_busy_and_holds_no_more() {
     let mut expected = vec![one, two];
     expected.sort();
     assert!(values == expected, "the values arrived changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_sent_to_ten_peers_is_held_once() {
+    const SIZE: usize = 8 << 20;
+    const PEERS: usize = 10;
+    let control = LinkControl::default();
+    let (model, targets) = compile(Ping);
+    let swarm = |target: &str| {
+        let key = Keypair::generate_ed25519();
+        let behaviour = bb_behaviour(&key, &model, &[target], Config::default());
+        // 8 MiB take 1.3 s at 50 Mbit/s: the ten transfers overlap.
+        shaped_swarm(
+            key,
+            behaviour,
+            Shape::wan(Duration::from_millis(10), 50),
+            &control,
+        )
+    };
+    let mut a = swarm(&targets[0]);
+    let mut receivers: Vec<Swarm<Behaviour>> = (0..PEERS).map(|_| swarm(&targets[1])).collect();
+    for b in &mut receivers {
+        connect(&mut a, b).await;
+    }
+    let peers: Vec<_> = receivers.iter().map(|b| *b.local_peer_id()).collect();
+    let payload = pattern(SIZE, 5);
+    let (target, to) = (targets[0].clone(), bb_libp2p::values::peers(&peers));
+    let x = bb_libp2p::values::bytes(&payload);
+    let sent = x.clone();
+    a.behaviour()
+        .handle()
+        .with_node_blocking(move |node| {
+            node.invoke(&target, &[("peers", &to), ("x", &x)]).map(drop)
+        })
+        .unwrap()
+        .unwrap();
+
+    let (acked, outputs) = (Cell::new(0), RefCell::new(Vec::new()));
+    let mut most = (0, 0);
+    let mut swarms: Vec<&mut Swarm<Behaviour>> = std::iter::once(&mut a)
+        .chain(receivers.iter_mut())
+        .collect();
+    watch(
+        &mut swarms,
+        Duration::from_secs(120),
+        "every receiver's value",
+        |i, e| match e {
+            SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. }) if i == 0 => {
+                acked.set(acked.get() + 1)
+            }
+            SwarmEvent::Behaviour(Event::AppEvent { value_bytes, .. }) if i > 0 => {
+                outputs.borrow_mut().push(value_bytes)
+            }
+            SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
+                panic!("send failed: {reason}")
+            }
+            _ => {}
+        },
+        |s| {
+            let (transfers, bytes) = s[0].behaviour().transfers_sending();
+            if transfers > most.0 {
+                most = (transfers, bytes);
+            }
+            acked.get() == PEERS && outputs.borrow().len() == PEERS
+        },
+    )
+    .await;
+    let (transfers, bytes) = most;
+    println!("{transfers} transfers at once read {bytes} payload bytes");
+    assert!(
+        transfers >= PEERS / 2,
+        "the transfers never overlapped: {transfers} at most"
+    );
+    // One buffer: the value, and a few bytes of wrapping.
+    assert!(
+        (SIZE..SIZE + 1024).contains(&bytes),
+        "{transfers} transfers held {bytes} bytes"
+    );
+    assert!(
+        outputs.borrow().iter().all(|v| *v == sent),
+        "a value arrived changed"
+    );
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use bb_libp2p::codec::{Codec, Request};
 use bb_libp2p::progress::Progress;
 use bb_libp2p::transfer::proto::{Reply, Start};
-use bb_libp2p::transfer::{Answer, Chunk, ChunkBytes, Framing, Message, CHUNK_BYTES};
-use bb_libp2p::{Behaviour, Config, Event, RejectKind, WireEnvelope};
+use bb_libp2p::transfer::{Answer, Chunk, ChunkBytes, Framing, Message, Payloads, CHUNK_BYTES};
+use bb_libp2p::{Behaviour, Config, Event, RejectKind};
 use bb_runtime::envelope::EnvelopeCaps;
 use common::models::{bytes_value, compile, wire_envelope, Ping};
 use common::{listen, memory_swarm, run_for, until};
@@ -73,7 +73,7 @@ fn raw_peer(
 /// A value to hand-craft transfers of: its envelope (data fill addressed
 /// to Ping's port), header and digest.
 struct Value {
-    envelope: Arc<WireEnvelope>,
+    payloads: Payloads,
     start: Start,
     payload: Vec<u8>,
 }
@@ -91,10 +91,11 @@ impl Value {
         let mut hollow = envelope.clone();
         hollow.fills.iter_mut().for_each(|f| f.payload.clear());
         let header = hollow.encode_to_vec();
+        // BLAKE3 of the header, then of each payload's BLAKE3.
         let mut hasher = blake3::Hasher::new();
         hasher.update(&header);
         envelope.fills.iter().for_each(|f| {
-            hasher.update(&f.payload);
+            hasher.update(blake3::hash(&f.payload).as_bytes());
         });
         let start = Start {
             digest: hasher.finalize().as_bytes().to_vec(),
@@ -107,7 +108,7 @@ impl Value {
             chunk_bytes: CHUNK_BYTES as u64,
         };
         Self {
-            envelope: Arc::new(envelope),
+            payloads: Payloads::of(envelope),
             start,
             payload,
         }
@@ -123,7 +124,7 @@ impl Value {
             digest: digest.to_vec(),
             offset,
             bytes: ChunkBytes::Sending {
-                envelope: Arc::clone(&self.envelope),
+                payloads: self.payloads.clone(),
                 len,
                 progress: Progress::new(),
             },

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bb_libp2p::progress::Progress;
 use bb_libp2p::transfer::proto::Start;
-use bb_libp2p::transfer::{Chunk, ChunkBytes, Message};
+use bb_libp2p::transfer::{Chunk, ChunkBytes, Message, Payloads};
 use bb_libp2p::TRANSFER_PROTOCOL;
 use bb_libp2p_fuzz::{codec, envelope, framing, peer, sender_peer, MAX_ENVELOPE_BYTES};
 use bb_runtime::envelope::WireEnvelope;
@@ -89,7 +89,7 @@ fn write_transfer_seeds() -> std::io::Result<()> {
     let mut hasher = blake3::Hasher::new();
     hasher.update(&header);
     full.fills.iter().for_each(|f| {
-        hasher.update(&f.payload);
+        hasher.update(blake3::hash(&f.payload).as_bytes());
     });
     let start = Start {
         digest: hasher.finalize().as_bytes().to_vec(),
@@ -98,13 +98,13 @@ fn write_transfer_seeds() -> std::io::Result<()> {
         chunk_bytes: CHUNK,
     };
     let total: u64 = start.fill_lengths.iter().sum();
-    let full = Arc::new(full);
+    let payloads = Payloads::of(full);
     let chunk = |digest: &[u8], offset: u64, len: u64| {
         request(Message::Chunk(Chunk {
             digest: digest.to_vec(),
             offset,
             bytes: ChunkBytes::Sending {
-                envelope: Arc::clone(&full),
+                payloads: payloads.clone(),
                 len,
                 progress: Progress::new(),
             },

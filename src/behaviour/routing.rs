@@ -95,6 +95,10 @@ impl Behaviour {
         };
         if Some(peer) == self.local_peer {
             // A class that sends to its other instances may include itself.
+            let envelope = match &plan {
+                Some(plan) => plan.rehydrate(&envelope),
+                None => envelope,
+            };
             return match self.accept(peer, envelope) {
                 Ok(()) => self.on_outcome(Outcome::Acknowledged { peer, wire_req_id }),
                 Err(rejection) => {

@@ -40,6 +40,7 @@ use bb_runtime::node::Node;
 use bb_runtime::runtime::RuntimeResourceRef;
 use bb_runtime::slot_value::SlotValue;
 use bb_runtime::snapshot::NodeSnapshot;
+use bb_runtime::syscall::values::BytesValue;
 
 use super::{dispatch, SYSCALL_DOMAIN};
 
@@ -64,17 +65,23 @@ fn per_envelope(
         detail: "DedupGateRx requires one input".into(),
         ..Default::default()
     })?;
-    let bytes = value.to_wire_bytes().map_err(|e| OpError {
-        kind: OpErrorKind::ExecutionFailed,
-        reason: "wire_encode_failed",
-        detail: format!("DedupGateRx: input wire encode failed: {e}"),
-    })?;
     // BLAKE3: the same key for the same envelope on every build, since
     // keys outlive the process in snapshots (std's hasher may change).
     let mut hasher = KeyHasher(blake3::Hasher::new());
     ctx.current.inbound.src_peer.hash(&mut hasher);
     ctx.current.inbound.wire_req_id.hash(&mut hasher);
-    bytes.hash(&mut hasher);
+    match value.as_any().downcast_ref::<BytesValue>() {
+        // The value's encoding, hashed without making it (`bulk.rs`).
+        Some(bytes) => hash_encoding(&bytes.0, &mut hasher),
+        None => {
+            let bytes = value.to_wire_bytes().map_err(|e| OpError {
+                kind: OpErrorKind::ExecutionFailed,
+                reason: "wire_encode_failed",
+                detail: format!("DedupGateRx: input wire encode failed: {e}"),
+            })?;
+            bytes.hash(&mut hasher);
+        }
+    }
     let key = hasher.finish();
     if ctx.net.dedup.record(key) {
         return Err(OpError {
@@ -96,6 +103,14 @@ fn per_envelope(
 /// A `Hasher` over BLAKE3, so that keys are the same from one build to
 /// the next.
 struct KeyHasher(blake3::Hasher);
+
+/// Feeds `hasher` what hashing the encoding of `BytesValue(bytes)` (a
+/// `Vec<u8>`: its length, then its bytes) would.
+fn hash_encoding(bytes: &[u8], hasher: &mut KeyHasher) {
+    hasher.write_usize(8 + bytes.len());
+    hasher.write(&(bytes.len() as u64).to_le_bytes());
+    hasher.write(bytes);
+}
 
 impl Hasher for KeyHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -212,6 +227,21 @@ impl Taken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bytes_values_key_is_the_key_of_its_encoding() {
+        for len in [0usize, 3, 100_000] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let mut made = KeyHasher(blake3::Hasher::new());
+            BytesValue(bytes.clone())
+                .to_wire_bytes()
+                .unwrap()
+                .hash(&mut made);
+            let mut bulk = KeyHasher(blake3::Hasher::new());
+            hash_encoding(&bytes, &mut bulk);
+            assert_eq!(made.finish(), bulk.finish());
+        }
+    }
 
     #[test]
     fn keys_are_bounded_and_round_trip_through_their_encoding() {

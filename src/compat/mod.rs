@@ -15,8 +15,9 @@
 //! | [`unresolved`] | `wire.Send` drops a value for a peer its AddressBook lacks | `tests/unresolved.rs::upstream_send_still_skips_unknown_peers` |
 //! | [`dedup`] | the receive dedup gate drops a value equal to any taken recently, from anyone; its window is not in the snapshot | `tests/equal_values.rs::upstream_dedup_still_keys_on_the_payload` |
 //! | [`backoff_rx`] | the receive back-off gate drops an acknowledged value from a peer cooling down | `tests/cooldown.rs::upstream_backoff_gate_still_drops_inbound_values` |
+//! | [`bulk`] | `BytesValue` is encoded byte by byte (no `serde_bytes`) | `tests/bulk.rs::upstream_bytes_values_still_encode_as_length_and_bytes` |
 //!
-//! [`senders`], [`unresolved`], [`dedup`] and [`backoff_rx`] replace
+//! [`senders`], [`unresolved`], [`dedup`], [`backoff_rx`] and [`bulk`] replace
 //! framework ops' dispatch entries through [`dispatch`].
 
 /// The domain of the engine's wire ops (`Send`, `Recv`).
@@ -25,6 +26,7 @@ pub(crate) const WIRE_DOMAIN: &str = "ai.bytesandbrains.wire";
 pub(crate) const SYSCALL_DOMAIN: &str = "ai.bytesandbrains.syscall";
 
 pub(crate) mod backoff_rx;
+pub(crate) mod bulk;
 pub(crate) mod contexts;
 pub(crate) mod deadline_gates;
 pub(crate) mod dedup;

@@ -40,8 +40,8 @@ use crate::address_book::EngineBook;
 use crate::admission;
 use crate::clock::Clock;
 use crate::compat::{
-    self, backoff_rx, contexts::Pruner, deadline_gates, dedup, senders, sites::Sites, unresolved,
-    wire_requests,
+    self, backoff_rx, bulk, contexts::Pruner, deadline_gates, dedup, senders, sites::Sites,
+    unresolved, wire_requests,
 };
 use crate::error::SnapshotFailed;
 use crate::event::AppEvent;
@@ -208,6 +208,7 @@ impl Host {
                 deadline_gates::disarm_deadline_gates(graph);
                 senders::stamp_outputs(graph);
                 unresolved::resolve_sends(graph);
+                bulk::encode_sends(graph);
                 dedup::key_on_envelopes(graph);
                 backoff_rx::pass_acknowledged(graph);
             }
@@ -284,7 +285,8 @@ impl Host {
             .pending
             .iter()
             .filter_map(|m| match m {
-                FromEngine::Send(envelope, _) => Some(envelope.clone()),
+                FromEngine::Send(envelope, None) => Some(envelope.clone()),
+                FromEngine::Send(hollow, Some(plan)) => Some(plan.rehydrate(hollow)),
                 _ => None,
             })
             .collect();
@@ -365,6 +367,7 @@ impl Host {
             self.on_step(step);
         }
         senders::Notes::clear();
+        bulk::release();
     }
 
     fn on_step(&mut self, step: EngineStep) {
@@ -394,8 +397,14 @@ impl Host {
                     self.clock.track_wire_request(engine, c.wire_req_id);
                 }
                 self.links.stats.delivery.handed_over();
-                let plan = (envelope.encoded_len() > self.links.sizes.transfer_above)
-                    .then(|| Plan::of(&mut envelope));
+                let shared = bulk::take_shared(&mut envelope);
+                let kept: usize = shared.iter().flatten().map(|p| p.bytes.len()).sum();
+                let plan = if envelope.encoded_len() + kept > self.links.sizes.transfer_above {
+                    Some(Plan::of(&mut envelope, shared))
+                } else {
+                    bulk::put_back(&mut envelope, shared);
+                    None
+                };
                 self.pending.push_back(FromEngine::Send(envelope, plan));
             }
             EngineStep::OpCompleted { .. } | EngineStep::AsyncSuspended { .. }

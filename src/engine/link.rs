@@ -78,10 +78,10 @@ impl EngineLink {
     /// yet, oldest first.
     pub(crate) fn waiting_envelopes(&self) -> Vec<WireEnvelope> {
         let mut envelopes = Vec::new();
-        let mut take = |step: &FromEngine| {
-            if let FromEngine::Send(envelope, _) = step {
-                envelopes.push(envelope.clone());
-            }
+        let mut take = |step: &FromEngine| match step {
+            FromEngine::Send(envelope, None) => envelopes.push(envelope.clone()),
+            FromEngine::Send(hollow, Some(plan)) => envelopes.push(plan.rehydrate(hollow)),
+            _ => {}
         };
         self.received.iter().for_each(&mut take);
         self.steps.inspect(take);

@@ -67,17 +67,40 @@ pub struct Chunk {
     pub bytes: ChunkBytes,
 }
 
+/// The payloads a transfer's chunks are read from, laid end to end in
+/// fill order; shared by every chunk and every peer, never copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payloads(pub(crate) Arc<Vec<Arc<Vec<u8>>>>);
+
+impl Payloads {
+    /// The payloads of `envelope`'s fills, moved out of it.
+    pub fn of(envelope: WireEnvelope) -> Self {
+        Self(Arc::new(
+            envelope
+                .fills
+                .into_iter()
+                .map(|f| Arc::new(f.payload))
+                .collect(),
+        ))
+    }
+
+    /// Each payload's length.
+    pub(crate) fn lengths(&self) -> Vec<u64> {
+        self.0.iter().map(|p| p.len() as u64).collect()
+    }
+}
+
 /// A chunk's bytes: read from the wire, or to be written from the
-/// envelope that holds them.
+/// payloads that hold them.
 #[derive(Debug)]
 pub enum ChunkBytes {
     /// What was read.
     Received(Vec<u8>),
-    /// `len` bytes at the chunk's offset of `envelope`'s payloads, with the
+    /// `len` bytes at the chunk's offset of `payloads`, with the
     /// [`Progress`] the writing reports to.
     Sending {
-        /// The envelope whose payloads hold the bytes.
-        envelope: Arc<WireEnvelope>,
+        /// The payloads that hold the bytes.
+        payloads: Payloads,
         /// How many.
         len: u64,
         /// Where the bytes written are counted.
@@ -201,7 +224,7 @@ impl Framing {
         chunk: Chunk,
     ) -> io::Result<u64> {
         let ChunkBytes::Sending {
-            envelope,
+            payloads,
             len,
             progress,
         } = chunk.bytes
@@ -220,14 +243,10 @@ impl Framing {
         prost::encoding::encode_varint(len, &mut prefix);
         progress::write_all(io, &prefix, self.write_timeout, None).await?;
         written += prefix.len() as u64;
-        let lengths: Vec<u64> = envelope
-            .fills
-            .iter()
-            .map(|f| f.payload.len() as u64)
-            .collect();
-        let pieces: Vec<_> = segments(lengths, chunk.offset..chunk.offset + len).collect();
+        let range = chunk.offset..chunk.offset + len;
+        let pieces: Vec<_> = segments(payloads.lengths(), range).collect();
         for (fill, range) in pieces {
-            let bytes = &envelope.fills[fill].payload[range];
+            let bytes = &payloads.0[fill][range];
             progress::write_all(io, bytes, self.write_timeout, Some(&progress)).await?;
             written += bytes.len() as u64;
         }

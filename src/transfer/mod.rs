@@ -4,8 +4,8 @@
 //! An envelope whose encoding passes 4 MiB (or the frame cap, if lower)
 //! crosses as a transfer. The sender opens it with a `Start`: the envelope
 //! with its fills' payloads left empty (the header), each payload's length,
-//! the chunk size and a BLAKE3 digest of the header followed by the
-//! payloads. The payloads then go, laid end to end, in chunks of
+//! the chunk size and a digest: BLAKE3 of the header followed by the BLAKE3
+//! digest of each payload. The payloads then go, laid end to end, in chunks of
 //! [`CHUNK_BYTES`], several at once, each its own request and stream, so a
 //! small envelope to the same peer is never queued behind them. Each answer
 //! says which chunks the receiver holds. The answer to the chunk that
@@ -39,7 +39,7 @@ pub(crate) mod plan;
 pub(crate) mod receiver;
 pub(crate) mod sender;
 
-pub use framing::{Answer, Chunk, ChunkBytes, Framing, Message, TRANSFER_PROTOCOL};
+pub use framing::{Answer, Chunk, ChunkBytes, Framing, Message, Payloads, TRANSFER_PROTOCOL};
 
 /// The generated messages of `proto/transfer.proto`.
 pub mod proto {

@@ -1,16 +1,44 @@
 //! What a transfer is made of: the header, the payloads laid end to end,
 //! and the digest of both.
+//!
+//! The digest is BLAKE3 over the header followed by the BLAKE3 digest of
+//! each payload, in fill order: a payload sent to many peers is hashed once
+//! (see `compat/bulk.rs`), and the receiver hashes each as it arrives.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use bb_runtime::envelope::WireEnvelope;
 use prost::Message;
 
+use super::framing::Payloads;
+
 /// A BLAKE3 digest.
 pub(crate) type Digest = [u8; 32];
 
+/// One fill's payload, shared by every envelope that carries it, with its
+/// digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Payload {
+    pub(crate) bytes: Arc<Vec<u8>>,
+    pub(crate) digest: Digest,
+}
+
+impl Payload {
+    /// `bytes`, hashed.
+    pub(crate) fn new(bytes: Vec<u8>) -> Self {
+        let digest = *blake3::hash(&bytes).as_bytes();
+        Self {
+            bytes: Arc::new(bytes),
+            digest,
+        }
+    }
+}
+
 /// How an envelope crosses as a transfer, worked out once on the engine
 /// thread (hashing a large value is work for it, not for the swarm's task).
+/// It holds the payloads; the envelope it was made from is left with its
+/// payloads empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Plan {
     pub(crate) digest: Digest,
@@ -18,31 +46,32 @@ pub(crate) struct Plan {
     pub(crate) header: Vec<u8>,
     /// Each fill's payload length.
     pub(crate) fill_lengths: Vec<u64>,
+    /// Each fill's payload.
+    pub(crate) payloads: Payloads,
 }
 
 impl Plan {
-    /// The plan of `envelope`: its payloads are lent out while the header
-    /// is encoded, never copied.
-    pub(crate) fn of(envelope: &mut WireEnvelope) -> Self {
-        let payloads: Vec<Vec<u8>> = envelope
+    /// The plan of `envelope`, whose payloads move into it (no copy);
+    /// `shared` gives the payload of fills whose envelope payload was left
+    /// empty for one shared among envelopes.
+    pub(crate) fn of(envelope: &mut WireEnvelope, mut shared: Vec<Option<Payload>>) -> Self {
+        shared.resize(envelope.fills.len(), None);
+        let payloads: Vec<Payload> = envelope
             .fills
             .iter_mut()
-            .map(|f| std::mem::take(&mut f.payload))
+            .zip(shared)
+            .map(|(fill, shared)| {
+                let own = std::mem::take(&mut fill.payload);
+                shared.unwrap_or_else(|| Payload::new(own))
+            })
             .collect();
         let header = envelope.encode_to_vec();
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(&header);
-        for payload in &payloads {
-            hasher.update(payload);
-        }
-        let fill_lengths = payloads.iter().map(|p| p.len() as u64).collect();
-        for (fill, payload) in envelope.fills.iter_mut().zip(payloads) {
-            fill.payload = payload;
-        }
+        let digest = digest(&header, payloads.iter().map(|p| &p.digest));
         Self {
-            digest: *hasher.finalize().as_bytes(),
+            digest,
             header,
-            fill_lengths,
+            fill_lengths: payloads.iter().map(|p| p.bytes.len() as u64).collect(),
+            payloads: Payloads(Arc::new(payloads.into_iter().map(|p| p.bytes).collect())),
         }
     }
 
@@ -50,6 +79,32 @@ impl Plan {
     pub(crate) fn total(&self) -> u64 {
         self.fill_lengths.iter().sum()
     }
+
+    /// About the envelope's encoded size: the header and the payloads.
+    pub(crate) fn size(&self) -> usize {
+        self.header.len() + self.total() as usize
+    }
+
+    /// The whole envelope, its payloads copied back into `hollow` (the
+    /// envelope this plan was made from): for a snapshot, or a delivery to
+    /// this Node itself.
+    pub(crate) fn rehydrate(&self, hollow: &WireEnvelope) -> WireEnvelope {
+        let mut envelope = hollow.clone();
+        for (fill, payload) in envelope.fills.iter_mut().zip(self.payloads.0.iter()) {
+            fill.payload = payload.as_ref().clone();
+        }
+        envelope
+    }
+}
+
+/// A transfer's digest: of its header, then of each payload's digest.
+pub(crate) fn digest<'a>(header: &[u8], payloads: impl IntoIterator<Item = &'a Digest>) -> Digest {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(header);
+    for payload in payloads {
+        hasher.update(payload);
+    }
+    *hasher.finalize().as_bytes()
 }
 
 /// Chunk `index` of a transfer of `total` bytes: where it starts and ends.
@@ -179,7 +234,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plan_hashes_header_then_payloads_and_leaves_the_envelope_whole() {
+    fn a_plan_takes_the_payloads_and_hashes_the_header_then_each_payload() {
         let mut envelope = WireEnvelope {
             fills: vec![
                 SlotFill {
@@ -194,15 +249,22 @@ mod tests {
             ..Default::default()
         };
         let before = envelope.clone();
-        let plan = Plan::of(&mut envelope);
-        assert_eq!(envelope, before);
-        assert_eq!(plan.fill_lengths, vec![3, 1]);
+        let shared = Payload::new(vec![4]);
+        let mut own = envelope.clone();
+        own.fills[1].payload.clear();
+        let plan = Plan::of(&mut own, vec![None, Some(shared.clone())]);
         let mut hollow = before.clone();
         hollow.fills.iter_mut().for_each(|f| f.payload.clear());
+        assert_eq!(own, hollow);
+        assert_eq!(plan.fill_lengths, vec![3, 1]);
         assert_eq!(plan.header, hollow.encode_to_vec());
+        assert_eq!(plan.rehydrate(&own), before);
         let mut hasher = blake3::Hasher::new();
         hasher.update(&plan.header);
-        hasher.update(&[1, 2, 3, 4]);
+        hasher.update(blake3::hash(&[1, 2, 3]).as_bytes());
+        hasher.update(&shared.digest);
         assert_eq!(plan.digest, *hasher.finalize().as_bytes());
+        // The same, with every payload in the envelope.
+        assert_eq!(Plan::of(&mut envelope, Vec::new()), plan);
     }
 }

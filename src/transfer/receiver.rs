@@ -14,7 +14,7 @@ use futures::FutureExt;
 use futures_timer::Delay;
 use libp2p::PeerId;
 
-use super::plan::{chunk_count, chunk_range, segments, Bits, Digest};
+use super::plan::{chunk_count, chunk_range, digest, segments, Bits, Digest};
 use super::proto::{Reply, Start};
 use crate::codec::decode_rejection;
 use crate::event::{RejectKind, Rejection};
@@ -47,8 +47,10 @@ struct Incoming {
     total: u64,
     chunk: u64,
     have: Bits,
-    /// The digest over the header and the chunks before `hashed`, in order.
-    hasher: blake3::Hasher,
+    /// The header as it came, for the digest.
+    header_bytes: Vec<u8>,
+    /// Each payload's digest over the chunks before `hashed`, in order.
+    hashers: Vec<blake3::Hasher>,
     hashed: usize,
     last: Instant,
 }
@@ -71,7 +73,7 @@ impl Incoming {
             let range = chunk_range(self.hashed, self.chunk, self.total);
             let pieces: Vec<_> = segments(self.lengths(), range).collect();
             for (fill, range) in pieces {
-                self.hasher.update(&self.payloads[fill][range]);
+                self.hashers[fill].update(&self.payloads[fill][range]);
             }
             self.hashed += 1;
         }
@@ -193,8 +195,6 @@ impl Receiver {
                 ),
             ));
         }
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(&start.header);
         let count = chunk_count(chunk, total);
         let incoming = Incoming {
             header,
@@ -206,7 +206,8 @@ impl Receiver {
             total,
             chunk,
             have: Bits::new(count),
-            hasher,
+            hashers: vec![blake3::Hasher::new(); start.fill_lengths.len()],
+            header_bytes: start.header,
             hashed: 0,
             last: Instant::now(),
         };
@@ -274,7 +275,12 @@ impl Receiver {
             .remove(&key)
             .expect("finish is called for a held transfer");
         self.held -= incoming.total as usize;
-        let got = *incoming.hasher.finalize().as_bytes();
+        let payloads: Vec<Digest> = incoming
+            .hashers
+            .iter()
+            .map(|h| *h.finalize().as_bytes())
+            .collect();
+        let got = digest(&incoming.header_bytes, &payloads);
         if got != key.1 {
             return Err(Rejection::new(
                 RejectKind::Integrity,

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bb_runtime::envelope::WireEnvelope;
 use futures::FutureExt;
 use futures_timer::Delay;
 use libp2p::request_response::{self, OutboundRequestId};
@@ -52,7 +51,6 @@ enum Piece {
 
 struct Transfer {
     peer: PeerId,
-    envelope: Arc<WireEnvelope>,
     plan: Arc<Plan>,
     total: u64,
     /// Chunks the receiver said it holds.
@@ -94,14 +92,13 @@ pub(crate) struct Sender {
 }
 
 impl Sender {
-    /// Starts sending `envelope` to `peer` as the transfer `plan` describes;
+    /// Starts sending to `peer` the transfer `plan` describes;
     /// its chunks' bytes are counted in `progress`. Busy answers are waited
     /// out for up to `busy_limit`.
     pub(crate) fn begin(
         &mut self,
         inner: &mut request_response::Behaviour<Framing>,
         peer: PeerId,
-        envelope: Arc<WireEnvelope>,
         plan: Arc<Plan>,
         progress: Progress,
         busy_limit: Duration,
@@ -112,7 +109,6 @@ impl Sender {
         let count = chunk_count(CHUNK_BYTES as u64, total);
         let transfer = Transfer {
             peer,
-            envelope,
             plan,
             total,
             have: Bits::new(count),
@@ -138,6 +134,18 @@ impl Sender {
     /// Transfers on the wire or waiting for a busy receiver.
     pub(crate) fn len(&self) -> usize {
         self.transfers.len()
+    }
+
+    /// The bytes of the payloads the transfers read from, each payload
+    /// counted once however many transfers share it.
+    pub(crate) fn payload_bytes(&self) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        self.transfers
+            .values()
+            .flat_map(|t| t.plan.payloads.0.iter())
+            .filter(|p| seen.insert(Arc::as_ptr(p)))
+            .map(|p| p.len())
+            .sum()
     }
 
     /// Drops transfer `id` without an outcome (its envelope ended otherwise,
@@ -256,7 +264,7 @@ impl Sender {
                     digest: transfer.plan.digest.to_vec(),
                     offset: range.start,
                     bytes: ChunkBytes::Sending {
-                        envelope: Arc::clone(&transfer.envelope),
+                        payloads: transfer.plan.payloads.clone(),
                         len: range.end - range.start,
                         progress: transfer.progress.clone(),
                     },

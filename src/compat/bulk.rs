@@ -1,0 +1,203 @@
+//! Byte values encoded in bulk rather than byte by byte.
+//!
+//! bb-runtime 0.3.8's `BytesValue(Vec<u8>)` has no `serde_bytes`: bincode 1
+//! encodes it through serde one element at a time, as a `u64` length and
+//! then each byte. The encoding is exactly the length's eight little-endian
+//! bytes and the bytes themselves, so [`encode`] writes that with one copy,
+//! and what reads it decodes it as before. It is the value type of byte
+//! payloads and of `f32` vectors ([`values::f32s`](crate::values::f32s)).
+//!
+//! - Every `wire.Send` runs through [`encoding_in_bulk`]: a large
+//!   `BytesValue` input is encoded once, hashed once, and kept aside
+//!   (shared, [`Payload`]); the engine's Send gets a 16-byte mark in its
+//!   place, which it copies into each destination's envelope instead of the
+//!   value. The engine thread's host swaps the mark for the shared payload
+//!   as it takes each envelope ([`take_shared`]): a value sent to ten peers
+//!   is held once, not ten times.
+//! - The receive dedup gate hashes a `BytesValue`'s encoding without
+//!   making it (see `dedup.rs`).
+//! - [`values::bytes`](crate::values::bytes) and
+//!   [`values::decode_bytes`](crate::values::decode_bytes) use the same
+//!   layout.
+//!
+//! `tests/bulk.rs::upstream_bytes_values_still_encode_as_length_and_bytes`
+//! fails once the engine's encoding of a `BytesValue` is something else,
+//! and this must change with it.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use bb_ir::proto::onnx::NodeProto;
+use bb_runtime::atomic::DispatchResult;
+use bb_runtime::bus::OpError;
+use bb_runtime::engine::GraphSlot;
+use bb_runtime::envelope::WireEnvelope;
+use bb_runtime::runtime::RuntimeResourceRef;
+use bb_runtime::slot_value::{SlotValue, SlotValueError};
+use bb_runtime::syscall::values::BytesValue;
+
+use super::dispatch;
+use super::sites::is_wire;
+use crate::transfer::plan::Payload;
+
+/// What a mark starts with; the payload's number follows, eight bytes.
+const MARK: [u8; 8] = *b"bb-bulk\0";
+
+thread_local! {
+    /// Payloads kept aside on this engine thread since its host last took
+    /// the envelopes of a poll, by number.
+    static SHARED: RefCell<(u64, HashMap<u64, Payload>)> = RefCell::new((0, HashMap::new()));
+}
+
+/// The payloads of `envelope`'s marked fills, fill by fill; each mark is
+/// left as an empty payload. A mark whose payload is not kept (a poll's
+/// envelopes taken by someone else) stays as it is.
+pub(crate) fn take_shared(envelope: &mut WireEnvelope) -> Vec<Option<Payload>> {
+    SHARED.with(|shared| {
+        let (_, held) = &*shared.borrow();
+        envelope
+            .fills
+            .iter_mut()
+            .map(|fill| {
+                let number = fill.payload.strip_prefix(&MARK)?.try_into().ok()?;
+                let payload = held.get(&u64::from_le_bytes(number))?.clone();
+                fill.payload = Vec::new();
+                Some(payload)
+            })
+            .collect()
+    })
+}
+
+/// Copies `shared` payloads back into the fills [`take_shared`] emptied:
+/// for an envelope small enough for one frame.
+pub(crate) fn put_back(envelope: &mut WireEnvelope, shared: Vec<Option<Payload>>) {
+    for (fill, payload) in envelope.fills.iter_mut().zip(shared) {
+        if let Some(payload) = payload {
+            fill.payload = payload.bytes.as_ref().clone();
+        }
+    }
+}
+
+/// Lets go of the payloads kept aside: the host took the envelopes of the
+/// poll that made them.
+pub(crate) fn release() {
+    SHARED.with(|shared| shared.borrow_mut().1.clear());
+}
+
+/// Keeps `payload` aside; returns its mark.
+fn keep(payload: Payload) -> Vec<u8> {
+    SHARED.with(|shared| {
+        let (next, held) = &mut *shared.borrow_mut();
+        *next += 1;
+        held.insert(*next, payload);
+        [MARK, next.to_le_bytes()].concat()
+    })
+}
+
+const WRAPPER: &str = "bulk";
+
+/// Values smaller than this are left to the engine: one copy more costs
+/// more than it saves.
+const BULK_FROM: usize = 64 * 1024;
+
+/// The encoding of a `BytesValue` holding `bytes`.
+pub(crate) fn encode(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + bytes.len());
+    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// The bytes of a `BytesValue`'s encoding, if `encoded` is one.
+pub(crate) fn decode(encoded: &[u8]) -> Option<&[u8]> {
+    let (len, bytes) = encoded.split_first_chunk::<8>()?;
+    (u64::from_le_bytes(*len) == bytes.len() as u64).then_some(bytes)
+}
+
+/// Routes every `wire.Send` of `graph` through [`encoding_in_bulk`].
+pub(crate) fn encode_sends(graph: &mut GraphSlot) {
+    dispatch::wrap_where(graph, WRAPPER, encoding_in_bulk, |node| {
+        is_wire(node, "Send")
+    });
+}
+
+/// The mark of a value kept aside, standing in for it.
+struct Encoded {
+    bytes: Vec<u8>,
+    type_hash: u64,
+}
+
+impl SlotValue for Encoded {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn into_any_boxed(self: Box<Self>) -> Box<dyn Any + Send + Sync> {
+        self
+    }
+
+    fn clone_boxed(&self) -> Box<dyn SlotValue> {
+        Box::new(Self {
+            bytes: self.bytes.clone(),
+            type_hash: self.type_hash,
+        })
+    }
+
+    fn to_wire_bytes(&self) -> Result<Vec<u8>, SlotValueError> {
+        Ok(self.bytes.clone())
+    }
+
+    fn type_hash(&self) -> u64 {
+        self.type_hash
+    }
+}
+
+/// Runs `wire.Send` with each large `BytesValue` input encoded in bulk and
+/// kept aside, a mark in its place.
+fn encoding_in_bulk(
+    node: &NodeProto,
+    inputs: &[(&str, &dyn SlotValue)],
+    ctx: &mut RuntimeResourceRef<'_>,
+) -> Result<DispatchResult, OpError> {
+    let send = dispatch::original(WRAPPER, node)?;
+    let encoded: Vec<Option<Encoded>> = inputs
+        .iter()
+        .map(|(_, value)| {
+            let bytes = value.as_any().downcast_ref::<BytesValue>()?;
+            (bytes.0.len() >= BULK_FROM).then(|| Encoded {
+                bytes: keep(Payload::new(encode(&bytes.0))),
+                type_hash: value.type_hash(),
+            })
+        })
+        .collect();
+    if encoded.iter().all(Option::is_none) {
+        return send(node, inputs, ctx);
+    }
+    let inputs: Vec<(&str, &dyn SlotValue)> = inputs
+        .iter()
+        .zip(&encoded)
+        .map(|((name, value), encoded)| match encoded {
+            Some(encoded) => (*name, encoded as &dyn SlotValue),
+            None => (*name, *value),
+        })
+        .collect();
+    send(node, &inputs, ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bulk_layout_is_bincodes() {
+        for len in [0, 1, 7, 70_000] {
+            let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let engine = bincode::serialize(&BytesValue(bytes.clone())).unwrap();
+            assert_eq!(encode(&bytes), engine);
+            assert_eq!(decode(&engine), Some(bytes.as_slice()));
+        }
+        assert_eq!(decode(&[1, 0, 0, 0, 0, 0, 0, 0]), None);
+        assert_eq!(decode(&[1, 0]), None);
+    }
+}
