@@ -1,5 +1,14 @@
-//! Round trip of one 1 KiB or 1 MiB value through [`bb_libp2p::Behaviour`],
-//! beside raw libp2p request-response carrying the same bytes.
+//! The data path through [`bb_libp2p::Behaviour`], each beside a raw
+//! libp2p baseline in the same run:
+//!
+//! - `round_trip`: one 1 KiB or 1 MiB value there and back, against raw
+//!   request-response carrying the same bytes (below);
+//! - `one_way`: a 64 MiB value, against a raw `libp2p-stream` stream
+//!   (`data_path/one_way.rs`);
+//! - `pipelined`: 256 values of 1 KiB in flight at once, against 256 raw
+//!   request-response requests (`data_path/pipelined.rs`).
+//!
+//! The round trip:
 //!
 //! Both sides run two swarms on libp2p's in-memory transport (plaintext +
 //! yamux) in one process, connected once, driven on one current-thread
@@ -25,6 +34,10 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "data_path/one_way.rs"]
+mod one_way;
+#[path = "data_path/pipelined.rs"]
+mod pipelined;
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -335,9 +348,16 @@ fn check_raw(event: &SwarmEvent<request_response::Event<Vec<u8>, Vec<u8>>>) {
 }
 
 async fn within_timeout<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(ROUND_TRIP_TIMEOUT, f)
+    within(ROUND_TRIP_TIMEOUT, f).await
+}
+
+/// How long a 64 MiB value may take.
+const LARGE_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn within<T>(timeout: Duration, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(timeout, f)
         .await
-        .unwrap_or_else(|_| panic!("no round trip within {ROUND_TRIP_TIMEOUT:?}"))
+        .unwrap_or_else(|_| panic!("nothing came within {timeout:?}"))
 }
 
 fn round_trip(c: &mut Criterion) {
@@ -367,5 +387,51 @@ fn round_trip(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, round_trip);
+fn one_way(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("one_way");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(10))
+        .throughput(Throughput::Bytes(one_way::ONE_WAY_BYTES as u64));
+    let mut bb = rt.block_on(one_way::BbOneWay::new());
+    group.bench_function(BenchmarkId::new("bb_libp2p", "64MiB"), |b| {
+        b.iter_custom(|iters| rt.block_on(bb.sends(iters)))
+    });
+    drop(bb);
+    let mut raw = rt.block_on(one_way::RawOneWay::new());
+    group.bench_function(BenchmarkId::new("raw_libp2p_stream", "64MiB"), |b| {
+        b.iter_custom(|iters| rt.block_on(raw.sends(iters)))
+    });
+    group.finish();
+}
+
+fn pipelined(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("pipelined");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(6))
+        .throughput(Throughput::Elements(pipelined::IN_FLIGHT as u64));
+    let mut bb = rt.block_on(pipelined::BbPipelined::new());
+    group.bench_function(BenchmarkId::new("bb_libp2p", "256x1KiB"), |b| {
+        b.iter_custom(|iters| rt.block_on(bb.batches(iters)))
+    });
+    drop(bb);
+    let mut raw = rt.block_on(pipelined::RawPipelined::new());
+    group.bench_function(BenchmarkId::new("raw_request_response", "256x1KiB"), |b| {
+        b.iter_custom(|iters| rt.block_on(raw.batches(iters)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, round_trip, one_way, pipelined);
 criterion_main!(benches);

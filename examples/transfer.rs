@@ -22,8 +22,8 @@
 //! ```
 //!
 //! With `--probe`, 1 KiB values go to the first receiver every 20 ms while
-//! the large one moves, and their acknowledgement latencies are printed
-//! (median and 99th percentile).
+//! the large one's chunks move, and the time from each one's invoke to its
+//! acknowledgement is printed (median and 99th percentile).
 
 use std::error::Error;
 use std::io::{BufRead, BufReader, Write};
@@ -221,13 +221,16 @@ async fn receive(options: Options) -> Result<()> {
             event = swarm.select_next_some() => {
                 if let SwarmEvent::NewListenAddr { address, .. } = event {
                     let peer = *swarm.local_peer_id();
-                    println!("listening on {}", address.with_p2p(peer).map_err(|_| "p2p")?);
-                    std::io::stdout().flush()?;
+                    let address = address.with_p2p(peer).map_err(|_| "p2p")?;
+                    // The sender reads this; if it is gone, so is the run.
+                    let mut out = std::io::stdout();
+                    writeln!(out, "listening on {address}")?;
+                    out.flush()?;
                 }
             }
         }
     }
-    println!("peak rss: {}", peak_rss());
+    let _ = writeln!(std::io::stdout(), "peak rss: {}", peak_rss());
     Ok(())
 }
 
@@ -276,6 +279,14 @@ impl Receiver {
         self.stdout.read_line(&mut line)?;
         self.child.wait()?;
         Ok(line.trim().trim_start_matches("peak rss: ").to_string())
+    }
+}
+
+impl Drop for Receiver {
+    /// A run that failed leaves no receiver behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -367,7 +378,9 @@ async fn send(options: Options) -> Result<()> {
                     done.await???;
                     invoke = None;
                 }
-                if options.probe && invoke.is_none() {
+                // Probes start once the value is on the wire: they measure
+                // the network, not the engine's work on the large value.
+                if options.probe && first_chunk.is_some() {
                     let (target, to, x) = (port.sender.clone(), first.clone(), small.clone());
                     probes.push(Instant::now());
                     let handle = handle.clone();

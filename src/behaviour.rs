@@ -232,7 +232,7 @@ impl Behaviour {
         };
         let receiver = Receiver::new(
             config.transfer_budget(),
-            config.max_value_bytes(),
+            config.max_payload_bytes(),
             MAX_CHUNK_BYTES,
             caps,
             config.delivery_window().max(config.request_timeout()),

@@ -4,6 +4,10 @@ use std::time::Duration;
 
 use crate::metrics::Metrics;
 
+/// Room beside the largest value for what wraps it in an envelope's
+/// payloads.
+pub(crate) const VALUE_WRAPPING: usize = 64 * 1024;
+
 /// Configuration of the [`Behaviour`](crate::Behaviour).
 ///
 /// Built with [`Config::default`] and the by-value `with_*` setters:
@@ -53,9 +57,10 @@ impl Default for Config {
     /// - largest single frame: unset, meaning 16 MiB, bytesandbrains' own
     ///   envelope cap (what a 0.2.0 peer reads). Envelopes above 4 MiB
     ///   travel as transfers in chunks instead (see [`crate::transfer`]).
-    /// - transfer budget: unset, meaning the largest value: what the values
-    ///   arriving in chunks may hold together on this side. Past it a
-    ///   sender is answered busy and waits.
+    /// - transfer budget: unset, meaning the largest value (and 64 KiB for
+    ///   what wraps it): what the values arriving in chunks may hold
+    ///   together on this side. Past it a sender is answered busy and
+    ///   waits.
     /// - concurrent streams: 100 per connection, request-response's default.
     /// - envelopes in flight: 256 sent and not yet acknowledged, across all
     ///   peers; more wait in the queue.
@@ -159,7 +164,8 @@ impl Config {
     }
 
     /// Sets how many bytes the values arriving in chunks may hold together
-    /// on this side (at least the largest value, so one always fits). A
+    /// on this side (at least the largest value and 64 KiB, so one always
+    /// fits). A
     /// transfer that would pass it is answered busy; its sender waits and
     /// asks again.
     pub fn with_transfer_budget(mut self, bytes: usize) -> Self {
@@ -274,11 +280,18 @@ impl Config {
         self.max_value_bytes
     }
 
-    /// What values arriving in chunks may hold together.
+    /// What values arriving in chunks may hold together: at least one
+    /// largest value.
     pub fn transfer_budget(&self) -> usize {
         self.transfer_budget
-            .unwrap_or(self.max_value_bytes)
-            .max(self.max_value_bytes)
+            .unwrap_or(0)
+            .max(self.max_payload_bytes())
+    }
+
+    /// The largest payload an envelope may carry: the largest value and
+    /// 64 KiB for what wraps it (its encoding's length, other fills).
+    pub(crate) fn max_payload_bytes(&self) -> usize {
+        self.max_value_bytes.saturating_add(VALUE_WRAPPING)
     }
 
     /// The concurrent stream limit per connection.

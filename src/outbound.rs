@@ -181,7 +181,7 @@ impl Outbound {
         Self {
             in_flight: HashMap::new(),
             transfers: Sender::default(),
-            max_value_bytes: config.max_value_bytes(),
+            max_value_bytes: config.max_payload_bytes(),
             busy_limit: config.delivery_window().max(config.request_timeout()),
             max_in_flight: config.max_envelopes_in_flight(),
             per_peer: HashMap::new(),

@@ -3,9 +3,7 @@
 
 use bb_runtime::node::{Node, NodeConfig};
 
-/// Room for what wraps a value in a fill (bincode's enum tag and length)
-/// and for the rest of an envelope.
-const WRAPPING: usize = 64 * 1024;
+use crate::config::VALUE_WRAPPING as WRAPPING;
 
 /// `node` with the caps a value of `max_value` bytes needs: the per-fill
 /// and total envelope caps, the ingress byte budget and `max_invoke_bytes`.

@@ -154,7 +154,7 @@ impl Receiver {
             return Err(Rejection::new(
                 RejectKind::Oversize,
                 format!(
-                    "transfer claims {total} bytes, the largest value taken is {}",
+                    "transfer claims {total} bytes, at most {} are taken",
                     self.max_value
                 ),
             ));

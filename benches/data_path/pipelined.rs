@@ -1,0 +1,160 @@
+//! Many small values in flight: 256 values of 1 KiB sent at once from A to
+//! B through [`bb_libp2p::Behaviour`], timed until A has all 256
+//! acknowledgements, beside 256 raw request-response requests of 1 KiB sent
+//! at once, each answered with an empty response, timed until A has all 256
+//! responses. Same concurrency, same transport, same process.
+
+use super::*;
+use common::models::Ping;
+
+/// Values in flight at once (the behaviour's default in-flight bound).
+pub(crate) const IN_FLIGHT: usize = 256;
+
+/// Each value's size.
+const VALUE_BYTES: usize = 1024;
+
+/// Two connected bb-libp2p swarms: A sends with `Ping`, B receives.
+pub(crate) struct BbPipelined {
+    a: Swarm<Behaviour>,
+    b: Swarm<Behaviour>,
+    node_a: NodeHandle,
+    sender: String,
+    peers: Vec<u8>,
+    sent: u64,
+}
+
+impl BbPipelined {
+    pub(crate) async fn new() -> Self {
+        let (model, targets) = compile(Ping);
+        let (mut a, mut b) = (
+            bb_swarm(&model, &[&targets[0]]),
+            bb_swarm(&model, &[&targets[1]]),
+        );
+        connect(&mut a, &mut b).await;
+        Self {
+            peers: bb_libp2p::values::peers(&[*b.local_peer_id()]),
+            sender: targets[0].clone(),
+            node_a: a.behaviour().handle(),
+            a,
+            b,
+            sent: 0,
+        }
+    }
+
+    /// Sends `iters` batches; returns the time until each was acknowledged.
+    pub(crate) async fn batches(&mut self, iters: u64) -> Duration {
+        let start = Instant::now();
+        for _ in 0..iters {
+            let first = self.sent;
+            self.sent += IN_FLIGHT as u64;
+            let (sender, peers) = (self.sender.clone(), self.peers.clone());
+            let mut invoked = Box::pin(self.node_a.with_node(move |node| {
+                let mut value = vec![0u8; VALUE_BYTES];
+                for n in first..first + IN_FLIGHT as u64 {
+                    value[..8].copy_from_slice(&n.to_le_bytes());
+                    let x = bb_libp2p::values::bytes(&value);
+                    node.invoke(&sender, &[("peers", &peers), ("x", &x)])
+                        .expect("invoke");
+                }
+            }));
+            let (a, b) = (&mut self.a, &mut self.b);
+            let (mut invoked_all, mut acked) = (false, 0);
+            within(
+                ROUND_TRIP_TIMEOUT,
+                poll_fn(|cx| {
+                    if !invoked_all && invoked.as_mut().poll(cx).is_ready() {
+                        invoked_all = true;
+                    }
+                    while let Poll::Ready(Some(event)) = b.poll_next_unpin(cx) {
+                        check_bb(&event);
+                    }
+                    while let Poll::Ready(Some(event)) = a.poll_next_unpin(cx) {
+                        check_bb(&event);
+                        if matches!(
+                            event,
+                            SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. })
+                        ) {
+                            acked += 1;
+                        }
+                    }
+                    if invoked_all && acked == IN_FLIGHT {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending
+                    }
+                }),
+            )
+            .await;
+        }
+        start.elapsed()
+    }
+}
+
+/// Two connected request-response swarms: A asks, B answers empty.
+pub(crate) struct RawPipelined {
+    a: Swarm<Echo>,
+    b: Swarm<Echo>,
+    payload: Vec<u8>,
+}
+
+impl RawPipelined {
+    pub(crate) async fn new() -> Self {
+        let mut a = echo_swarm(Keypair::generate_ed25519());
+        let mut b = echo_swarm(Keypair::generate_ed25519());
+        connect(&mut a, &mut b).await;
+        Self {
+            a,
+            b,
+            payload: vec![0; VALUE_BYTES],
+        }
+    }
+
+    /// Sends `iters` batches; returns the time until each was answered.
+    pub(crate) async fn batches(&mut self, iters: u64) -> Duration {
+        let peer_b = *self.b.local_peer_id();
+        let start = Instant::now();
+        for _ in 0..iters {
+            for _ in 0..IN_FLIGHT {
+                self.a
+                    .behaviour_mut()
+                    .send_request(&peer_b, self.payload.clone());
+            }
+            let (a, b) = (&mut self.a, &mut self.b);
+            let mut answered = 0;
+            within(
+                ROUND_TRIP_TIMEOUT,
+                poll_fn(|cx| {
+                    while let Poll::Ready(Some(event)) = b.poll_next_unpin(cx) {
+                        match event {
+                            SwarmEvent::Behaviour(request_response::Event::Message {
+                                message: request_response::Message::Request { channel, .. },
+                                ..
+                            }) => {
+                                b.behaviour_mut()
+                                    .send_response(channel, Vec::new())
+                                    .expect("response channel open");
+                            }
+                            event => check_raw(&event),
+                        }
+                    }
+                    while let Poll::Ready(Some(event)) = a.poll_next_unpin(cx) {
+                        match event {
+                            SwarmEvent::Behaviour(request_response::Event::Message {
+                                message: request_response::Message::Response { .. },
+                                ..
+                            }) => answered += 1,
+                            event => check_raw(&event),
+                        }
+                    }
+                    if answered == IN_FLIGHT {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending
+                    }
+                }),
+            )
+            .await;
+        }
+        start.elapsed()
+    }
+}
