@@ -1,6 +1,7 @@
 //! One way: a 64 MiB value from A to B through [`bb_libp2p::Behaviour`]
 //! (a transfer in chunks), timed from the invoke until A's swarm reports
-//! the acknowledgement, beside the same bytes over a raw libp2p stream
+//! the acknowledgement and B's swarm the value (its engine decoded it and
+//! its graph output it), beside the same bytes over a raw libp2p stream
 //! (`libp2p-stream`), timed from opening the stream until B's one-byte
 //! answer, after it read them all. Same memory transport, same process.
 
@@ -61,7 +62,7 @@ impl BbOneWay {
                 x
             }));
             let (a, b) = (&mut self.a, &mut self.b);
-            let (mut back, mut acked) = (None, false);
+            let (mut back, mut acked, mut output) = (None, false, false);
             within(
                 LARGE_TIMEOUT,
                 poll_fn(|cx| {
@@ -72,6 +73,7 @@ impl BbOneWay {
                     }
                     while let Poll::Ready(Some(event)) = b.poll_next_unpin(cx) {
                         check_bb(&event);
+                        output |= matches!(event, SwarmEvent::Behaviour(Event::AppEvent { .. }));
                     }
                     while let Poll::Ready(Some(event)) = a.poll_next_unpin(cx) {
                         check_bb(&event);
@@ -80,7 +82,7 @@ impl BbOneWay {
                             SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. })
                         );
                     }
-                    if back.is_some() && acked {
+                    if back.is_some() && acked && output {
                         Poll::Ready(())
                     } else {
                         Poll::Pending

@@ -1,8 +1,11 @@
-//! Many small values in flight: 256 values of 1 KiB sent at once from A to
-//! B through [`bb_libp2p::Behaviour`], timed until A has all 256
-//! acknowledgements, beside 256 raw request-response requests of 1 KiB sent
-//! at once, each answered with an empty response, timed until A has all 256
-//! responses. Same concurrency, same transport, same process.
+//! Many small values in flight: 256 values of 1 KiB handed to A's Node at
+//! once, for B, through [`bb_libp2p::Behaviour`], timed until A has all 256
+//! acknowledgements, beside 256 raw request-response requests of 1 KiB,
+//! each answered with an empty response, timed until A has all 256
+//! responses. The behaviour keeps at most 50 envelopes in flight to one
+//! peer (half of request-response's 100 streams a connection), the rest
+//! queued; the raw side keeps the same 50 requests in flight. Same
+//! transport, same process.
 
 use super::*;
 use common::models::Ping;
@@ -12,6 +15,10 @@ pub(crate) const IN_FLIGHT: usize = 256;
 
 /// Each value's size.
 const VALUE_BYTES: usize = 1024;
+
+/// Requests the raw side keeps in flight: what the behaviour keeps to one
+/// peer by default.
+const RAW_WINDOW: usize = 50;
 
 /// Two connected bb-libp2p swarms: A sends with `Ping`, B receives.
 pub(crate) struct BbPipelined {
@@ -99,8 +106,17 @@ pub(crate) struct RawPipelined {
 
 impl RawPipelined {
     pub(crate) async fn new() -> Self {
-        let mut a = echo_swarm(Keypair::generate_ed25519());
-        let mut b = echo_swarm(Keypair::generate_ed25519());
+        let swarm = || {
+            let behaviour = request_response::Behaviour::with_codec(
+                EchoCodec,
+                [(ECHO_PROTOCOL, ProtocolSupport::Full)],
+                // Room for the streams of answered requests that have not
+                // closed yet.
+                request_response::Config::default().with_max_concurrent_streams(4 * IN_FLIGHT),
+            );
+            memory_swarm(Keypair::generate_ed25519(), behaviour)
+        };
+        let (mut a, mut b) = (swarm(), swarm());
         connect(&mut a, &mut b).await;
         Self {
             a,
