@@ -15,22 +15,23 @@ use std::time::{Duration, Instant};
 use bb_runtime::envelope::WireEnvelope;
 use futures::FutureExt;
 use futures_timer::Delay;
-use libp2p::request_response::{self, OutboundFailure, OutboundRequestId};
+use libp2p::request_response::{OutboundFailure, OutboundRequestId};
 use libp2p::PeerId;
 use prost::Message as _;
 
+mod link;
+
+pub(crate) use link::Link;
+
 use crate::ack;
-use crate::address_book::PeerBook;
 use crate::codec::{Ack, Request};
 use crate::event::{RejectKind, Rejection, SendFailure};
-use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Outgoing};
 use crate::progress::{self, Progress};
-use crate::redelivery::{PeerState, Redelivery};
-use crate::relayed::{DirectWait, RelayedConnections};
-use crate::stats::WireStats;
-use crate::transfer::framing::{lacks_transfers, Framing, Message};
+use crate::redelivery::Redelivery;
+use crate::relayed::DirectWait;
+use crate::transfer::framing::{lacks_transfers, Message};
 use crate::transfer::plan::Plan;
 use crate::transfer::proto::Reply;
 use crate::transfer::sender::{Ended, Sender, TransferId};
@@ -70,56 +71,6 @@ pub(crate) enum Outcome {
     /// Envelopes that waited went on the wire: the inner behaviour has
     /// requests to hand on (it does not wake the task for them itself).
     Released,
-}
-
-/// What the outbound side reads and uses of the rest of the behaviour.
-pub(crate) struct Link<'a> {
-    pub(crate) inner: &'a mut request_response::Behaviour<Framing>,
-    pub(crate) health: &'a Health,
-    pub(crate) peers: &'a PeerBook,
-    pub(crate) relayed: &'a RelayedConnections,
-    pub(crate) stats: &'a mut WireStats,
-}
-
-impl Link<'_> {
-    /// Why an envelope to `peer` may not go at all now: the peer is denied,
-    /// or it is not connected and its back-off has not passed (it is not
-    /// dialled again before then).
-    fn refusal(&self, peer: &PeerId) -> Option<SendFailure> {
-        if let Some(denial) = self.health.denial(peer) {
-            return Some(SendFailure::Denied(denial));
-        }
-        if self.peers.is_connected(peer) {
-            return None;
-        }
-        let retry_in = self.health.cooldown(peer)?;
-        Some(SendFailure::Backoff { retry_in })
-    }
-
-    /// Whether envelopes to `peer` wait: it is connected but asked this
-    /// Node to wait (it answered busy, or failed).
-    fn waits(&self, peer: &PeerId) -> bool {
-        self.peers.is_connected(peer) && self.health.cooldown(peer).is_some()
-    }
-
-    /// Whether `peer` is connected, only through relays.
-    fn relayed_only(&self, peer: &PeerId) -> bool {
-        let connections = self.peers.connections(peer);
-        connections > 0 && self.relayed.count(peer) >= connections
-    }
-
-    /// How `peer` stands for envelopes parked after transport failures.
-    fn state(&self, peer: &PeerId) -> PeerState {
-        if let Some(denial) = self.health.denial(peer) {
-            PeerState::Denied(SendFailure::Denied(denial))
-        } else if let Some(wait) = self.health.cooldown(peer) {
-            PeerState::Waiting(wait)
-        } else if self.peers.is_connected(peer) {
-            PeerState::Open
-        } else {
-            PeerState::Closed
-        }
-    }
 }
 
 /// One attempt of an envelope on the wire: a request, or a transfer of

@@ -111,7 +111,7 @@ impl RawPipelined {
                 EchoCodec,
                 [(ECHO_PROTOCOL, ProtocolSupport::Full)],
                 // Room for the streams of answered requests that have not
-                // closed yet.
+                // closed yet (100 did not do).
                 request_response::Config::default().with_max_concurrent_streams(4 * IN_FLIGHT),
             );
             memory_swarm(Keypair::generate_ed25519(), behaviour)
@@ -130,13 +130,13 @@ impl RawPipelined {
         let peer_b = *self.b.local_peer_id();
         let start = Instant::now();
         for _ in 0..iters {
-            for _ in 0..IN_FLIGHT {
+            for _ in 0..RAW_WINDOW {
                 self.a
                     .behaviour_mut()
                     .send_request(&peer_b, self.payload.clone());
             }
-            let (a, b) = (&mut self.a, &mut self.b);
-            let mut answered = 0;
+            let (a, b, payload) = (&mut self.a, &mut self.b, &self.payload);
+            let (mut sent, mut answered) = (RAW_WINDOW, 0);
             within(
                 ROUND_TRIP_TIMEOUT,
                 poll_fn(|cx| {
@@ -158,7 +158,13 @@ impl RawPipelined {
                             SwarmEvent::Behaviour(request_response::Event::Message {
                                 message: request_response::Message::Response { .. },
                                 ..
-                            }) => answered += 1,
+                            }) => {
+                                answered += 1;
+                                if sent < IN_FLIGHT {
+                                    a.behaviour_mut().send_request(&peer_b, payload.clone());
+                                    sent += 1;
+                                }
+                            }
                             event => check_raw(&event),
                         }
                     }
