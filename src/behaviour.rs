@@ -262,6 +262,18 @@ impl Behaviour {
         }
     }
 
+    /// The outbound side, and what it reads and uses of the rest.
+    fn outbound_and_link(&mut self) -> (&mut Outbound, Link<'_>) {
+        let link = Link {
+            inner: &mut self.inner,
+            health: &self.health,
+            peers: &self.peers,
+            relayed: &self.relayed,
+            stats: self.inbound.stats_mut(),
+        };
+        (&mut self.outbound, link)
+    }
+
     /// The largest frame `config` reads and sends.
     fn frame_cap(config: &Config) -> usize {
         config.max_envelope_bytes().unwrap_or(DEFAULT_FRAME_BYTES)
@@ -624,14 +636,8 @@ impl NetworkBehaviour for Behaviour {
                 Poll::Pending => {}
             }
             // 3. Outbound timers and queue: outcomes of envelopes.
-            let mut link = Link {
-                inner: &mut self.inner,
-                health: &self.health,
-                peers: &self.peers,
-                relayed: &self.relayed,
-                stats: self.inbound.stats_mut(),
-            };
-            if let Poll::Ready(outcome) = self.outbound.poll(cx, &mut link) {
+            let (outbound, mut link) = self.outbound_and_link();
+            if let Poll::Ready(outcome) = outbound.poll(cx, &mut link) {
                 self.on_outcome(outcome);
                 continue;
             }

@@ -214,6 +214,26 @@ pub(crate) async fn read_frame<T: AsyncRead + Unpin>(
     })
 }
 
+/// Reads the answer to a request of `written` bytes: a frame of at most
+/// `cap` bytes, due a stall period (`write_timeout`) after the last byte
+/// could have arrived at the slowest accepted pace (see progress.rs).
+pub(crate) async fn read_answer<T: AsyncRead + Unpin>(
+    io: &mut T,
+    cap: usize,
+    write_timeout: Option<Duration>,
+    written: u64,
+) -> io::Result<Vec<u8>> {
+    let frame = read_frame(io, cap, None);
+    let due = write_timeout.map(|period| period + progress::drain_allowance(written, period));
+    progress::within(due, frame).await?.map_err(|rejection| {
+        let kind = match rejection.kind {
+            RejectKind::Timeout => io::ErrorKind::TimedOut,
+            _ => io::ErrorKind::InvalidData,
+        };
+        io::Error::new(kind, rejection.to_string())
+    })
+}
+
 /// Writes `msg` length-prefixed; returns the bytes the frame took.
 pub(crate) async fn write_frame<T: AsyncWrite + Unpin, M: Message>(
     io: &mut T,
@@ -278,19 +298,7 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        // The acknowledgement is due a stall period after the last byte could
-        // have arrived at the slowest accepted pace (see progress.rs).
-        let frame = read_frame(io, MAX_ACK_BYTES, None);
-        let due = self
-            .write_timeout
-            .map(|period| period + progress::drain_allowance(self.written, period));
-        let body = progress::within(due, frame).await?.map_err(|rejection| {
-            let kind = match rejection.kind {
-                RejectKind::Timeout => io::ErrorKind::TimedOut,
-                _ => io::ErrorKind::InvalidData,
-            };
-            io::Error::new(kind, rejection.to_string())
-        })?;
+        let body = read_answer(io, MAX_ACK_BYTES, self.write_timeout, self.written).await?;
         Ack::decode(body.as_slice()).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidData, format!("acknowledgement: {e}"))
         })

@@ -8,6 +8,7 @@ use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 use bb_libp2p::{Behaviour, Config, Event, RejectKind};
+use bytesandbrains::proto::onnx::ModelProto;
 use common::link::{shaped_swarm, LinkControl, Shape};
 use common::models::{bb_behaviour, bb_swarm_with, compile, send_value, Ping};
 use common::{connect, run_for, until};
@@ -85,6 +86,25 @@ async fn a_48_mib_value_crosses_above_every_old_cap() {
     assert!(stats.chunk_bytes_received < stats.bytes_received);
 }
 
+/// A swarm running `target` of `model` with `config`, on links of 10 ms
+/// round trip and `mbit` Mbit/s each way that `control` cuts.
+fn shaped(
+    model: &ModelProto,
+    target: &str,
+    config: Config,
+    mbit: u64,
+    control: &LinkControl,
+) -> Swarm<Behaviour> {
+    let key = Keypair::generate_ed25519();
+    let behaviour = bb_behaviour(&key, model, &[target], config);
+    shaped_swarm(
+        key,
+        behaviour,
+        Shape::wan(Duration::from_millis(10), mbit),
+        control,
+    )
+}
+
 /// Polls `swarms` in slices of 20 ms until `done` says so, calling `look`
 /// on them after each slice; panics after `timeout`.
 async fn watch(
@@ -109,16 +129,7 @@ async fn a_link_cut_mid_value_resumes_without_resending_what_arrived() {
     const SIZE: usize = 16 << 20;
     let control = LinkControl::default();
     let (model, targets) = compile(Ping);
-    let swarm = |target: &str| {
-        let key = Keypair::generate_ed25519();
-        let behaviour = bb_behaviour(&key, &model, &[target], Config::default());
-        shaped_swarm(
-            key,
-            behaviour,
-            Shape::wan(Duration::from_millis(10), 100),
-            &control,
-        )
-    };
+    let swarm = |target: &str| shaped(&model, target, Config::default(), 100, &control);
     let (mut a, mut b) = (swarm(&targets[0]), swarm(&targets[1]));
     connect(&mut a, &mut b).await;
     let sent = send_value(
@@ -196,16 +207,7 @@ async fn past_the_budget_the_receiver_says_busy_and_holds_no_more() {
     const BUDGET: usize = 8 << 20;
     let control = LinkControl::default();
     let (model, targets) = compile(Ping);
-    let swarm = |target: &str, config: Config| {
-        let key = Keypair::generate_ed25519();
-        let behaviour = bb_behaviour(&key, &model, &[target], config);
-        shaped_swarm(
-            key,
-            behaviour,
-            Shape::wan(Duration::from_millis(10), 20),
-            &control,
-        )
-    };
+    let swarm = |target: &str, config: Config| shaped(&model, target, config, 20, &control);
     let receiver = Config::default()
         .with_max_value_bytes(BUDGET)
         .with_transfer_budget(BUDGET);
@@ -273,17 +275,8 @@ async fn a_value_sent_to_ten_peers_is_held_once() {
     const PEERS: usize = 10;
     let control = LinkControl::default();
     let (model, targets) = compile(Ping);
-    let swarm = |target: &str| {
-        let key = Keypair::generate_ed25519();
-        let behaviour = bb_behaviour(&key, &model, &[target], Config::default());
-        // 8 MiB take 1.3 s at 50 Mbit/s: the ten transfers overlap.
-        shaped_swarm(
-            key,
-            behaviour,
-            Shape::wan(Duration::from_millis(10), 50),
-            &control,
-        )
-    };
+    // 8 MiB take 1.3 s at 50 Mbit/s: the ten transfers overlap.
+    let swarm = |target: &str| shaped(&model, target, Config::default(), 50, &control);
     let mut a = swarm(&targets[0]);
     let mut receivers: Vec<Swarm<Behaviour>> = (0..PEERS).map(|_| swarm(&targets[1])).collect();
     for b in &mut receivers {

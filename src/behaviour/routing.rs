@@ -17,7 +17,7 @@ use crate::engine::message::{FromEngine, HealthRecord, ToEngine};
 use crate::event::{Event, RejectKind, Rejection, SendFailure};
 use crate::health::Transition;
 use crate::metrics::{GaugeShare, Levels};
-use crate::outbound::{Link, Outcome};
+use crate::outbound::Outcome;
 use crate::peer::{peer_of_address, to_libp2p_peer};
 use crate::transfer::framing::{Answer, Chunk, ChunkBytes, Message};
 use crate::transfer::plan::Plan;
@@ -106,14 +106,8 @@ impl Behaviour {
                 }
             };
         }
-        let mut link = Link {
-            inner: &mut self.inner,
-            health: &self.health,
-            peers: &self.peers,
-            relayed: &self.relayed,
-            stats: self.inbound.stats_mut(),
-        };
-        self.outbound.send(&mut link, peer, envelope, plan);
+        let (outbound, mut link) = self.outbound_and_link();
+        outbound.send(&mut link, peer, envelope, plan);
     }
 
     pub(super) fn on_outcome(&mut self, outcome: Outcome) {
@@ -276,14 +270,8 @@ impl Behaviour {
             } => match response {
                 Answer::Ack(ack) => self.outbound.on_response(request_id, &ack),
                 Answer::Reply(reply) => {
-                    let mut link = Link {
-                        inner: &mut self.inner,
-                        health: &self.health,
-                        peers: &self.peers,
-                        relayed: &self.relayed,
-                        stats: self.inbound.stats_mut(),
-                    };
-                    self.outbound.on_reply(&mut link, request_id, reply)
+                    let (outbound, mut link) = self.outbound_and_link();
+                    outbound.on_reply(&mut link, request_id, reply)
                 }
             },
             Wire::OutboundFailure {

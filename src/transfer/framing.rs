@@ -14,7 +14,7 @@ use prost::Message as _;
 
 use super::plan::segments;
 use super::proto::{ChunkHeader, Reply, Start};
-use crate::codec::{read_frame, write_frame, Ack, Codec, Request, PROTOCOL_NAME};
+use crate::codec::{read_answer, read_frame, write_frame, Ack, Codec, Request, PROTOCOL_NAME};
 use crate::event::{RejectKind, Rejection};
 use crate::progress::{self, Progress};
 
@@ -292,17 +292,7 @@ impl libp2p::request_response::Codec for Framing {
         if !self.wrote_transfer {
             return self.wire.read_response(protocol, io).await.map(Answer::Ack);
         }
-        let frame = read_frame(io, MAX_REPLY_BYTES, None);
-        let due = self
-            .write_timeout
-            .map(|period| period + progress::drain_allowance(self.written, period));
-        let body = progress::within(due, frame).await?.map_err(|rejection| {
-            let kind = match rejection.kind {
-                RejectKind::Timeout => io::ErrorKind::TimedOut,
-                _ => io::ErrorKind::InvalidData,
-            };
-            io::Error::new(kind, rejection.to_string())
-        })?;
+        let body = read_answer(io, MAX_REPLY_BYTES, self.write_timeout, self.written).await?;
         Reply::decode(body.as_slice())
             .map(Answer::Reply)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("transfer reply: {e}")))
