@@ -6,8 +6,9 @@
 //! `EngineStep::SendEnvelope`; it takes what peers send as
 //! `IngressEvent::EnvelopeFrom`. [`Behaviour`] is that transport: a libp2p
 //! `NetworkBehaviour` that ships a Node's envelopes on the [`PROTOCOL_NAME`]
-//! request-response protocol, feeds inbound envelopes to it, and moves its
-//! clock. It keeps the engine's AddressBook in step with the peers the swarm
+//! and [`TRANSFER_PROTOCOL`] request-response protocols (values up to 1 GiB
+//! by default, the large ones in chunks: see [`transfer`]), feeds inbound
+//! envelopes to it, and moves its clock. It keeps the engine's AddressBook in step with the peers the swarm
 //! knows, and applies the engine's PeerGovernor (block and allow lists,
 //! failure back-off) to libp2p connections; see [`Behaviour`].
 //!
