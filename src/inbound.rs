@@ -144,15 +144,8 @@ impl Inbound {
                 ),
             ));
         }
-        let committed = self.host.ingress_bytes.committed();
-        if committed.saturating_add(payload) > self.byte_budget {
-            return Err(Rejection::new(
-                RejectKind::Busy,
-                format!(
-                    "engine holds {committed} of its {} ingress bytes; {payload} more do not fit",
-                    self.byte_budget
-                ),
-            ));
+        if let Some(busy) = self.busy_for(&peer, payload) {
+            return Err(busy);
         }
         let event = IngressEvent::EnvelopeFrom {
             src_peer: to_engine_peer(&peer),
@@ -161,8 +154,29 @@ impl Inbound {
             // connection's remote address.
             src_observed_address: Some(p2p_address(&peer)),
         };
+        self.ingress.push(event).map_err(|_| self.busy())?;
+        self.host.ingress_bytes.pushed(payload);
+        self.share.pushed(peer);
+        Ok(advice)
+    }
+
+    /// Why an envelope from `peer` with `payload` bytes would be answered
+    /// busy now, if it would: the engine's ingress bytes or events are
+    /// full, or the peer holds its share of them. Only the engine thread
+    /// changes these meanwhile, and only to make room.
+    pub(crate) fn busy_for(&mut self, peer: &PeerId, payload: usize) -> Option<Rejection> {
+        let committed = self.host.ingress_bytes.committed();
+        if committed.saturating_add(payload) > self.byte_budget {
+            return Some(Rejection::new(
+                RejectKind::Busy,
+                format!(
+                    "engine holds {committed} of its {} ingress bytes; {payload} more do not fit",
+                    self.byte_budget
+                ),
+            ));
+        }
         if self.ingress.len() >= self.max_ingress {
-            return Err(self.busy());
+            return Some(self.busy());
         }
         // Envelopes not in the ingress any more were taken, even if the
         // engine's cycle has not said so yet (it says so once it is over).
@@ -170,20 +184,17 @@ impl Inbound {
         let taken = pushed
             .saturating_sub(self.ingress.len() as u64)
             .max(self.host.ingress_bytes.envelopes_taken());
-        if !self.share.admits(&peer, self.max_ingress, taken) {
-            return Err(Rejection::new(
+        if !self.share.admits(peer, self.max_ingress, taken) {
+            return Some(Rejection::new(
                 RejectKind::Busy,
                 format!(
                     "peer holds {} envelopes of the engine ingress's {}, its share among the peers sending now",
-                    self.share.held_by(&peer),
+                    self.share.held_by(peer),
                     self.max_ingress
                 ),
             ));
         }
-        self.ingress.push(event).map_err(|_| self.busy())?;
-        self.host.ingress_bytes.pushed(payload);
-        self.share.pushed(peer);
-        Ok(advice)
+        None
     }
 
     fn busy(&self) -> Rejection {

@@ -341,3 +341,87 @@ async fn a_value_sent_to_ten_peers_is_held_once() {
         "a value arrived changed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_value_the_engine_cannot_take_yet_waits_and_is_not_sent_again() {
+    const SIZE: usize = 6 << 20;
+    let (model, targets) = compile(Ping);
+    let mut a = bb_swarm_with(&model, &[&targets[0]], Config::default());
+    let receiver = Config::default().with_max_ingress_envelopes(1);
+    let mut b = bb_swarm_with(&model, &[&targets[1]], receiver);
+    connect(&mut a, &mut b).await;
+    let dest = *b.local_peer_id();
+    // B's engine takes nothing while held: a small value fills its
+    // one-event ingress.
+    let held = common::hold_engine(&b.behaviour().handle());
+    let small = send_value(&a.behaviour().handle(), &targets[0], dest, b"first");
+    until(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(10),
+        "the small value acknowledged",
+        |i, e| {
+            matches!(e, SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. }) if i == 0)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The large value's chunks all come, and the engine has no room for it.
+    let large = send_value(
+        &a.behaviour().handle(),
+        &targets[0],
+        dest,
+        &pattern(SIZE, 9),
+    );
+    until(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(60),
+        "a busy answer for the whole value",
+        |i, e| match e {
+            SwarmEvent::Behaviour(Event::InboundRejected { rejection, .. }) if i == 1 => {
+                assert_eq!(rejection.kind, RejectKind::Busy, "{rejection}");
+                Some(())
+            }
+            SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
+                panic!("send failed: {reason}")
+            }
+            _ => None,
+        },
+    )
+    .await;
+    let (transfers, bytes) = b.behaviour().transfers_receiving();
+    assert_eq!(transfers, 1, "the whole value is not kept");
+    assert!(bytes as u64 == b.behaviour().wire_stats().chunk_bytes_received);
+
+    // Once the engine runs again, the sender asks again and the value goes
+    // in without a chunk sent twice.
+    drop(held);
+    let (acked, outputs) = (Cell::new(0), RefCell::new(Vec::new()));
+    watch(
+        &mut [&mut a, &mut b],
+        Duration::from_secs(60),
+        "both values",
+        |i, e| match e {
+            SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. }) if i == 0 => {
+                acked.set(acked.get() + 1)
+            }
+            SwarmEvent::Behaviour(Event::AppEvent { value_bytes, .. }) if i == 1 => {
+                outputs.borrow_mut().push(value_bytes)
+            }
+            SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
+                panic!("send failed: {reason}")
+            }
+            _ => {}
+        },
+        |_| acked.get() == 1 && outputs.borrow().len() == 2,
+    )
+    .await;
+    assert_eq!(*outputs.borrow(), vec![small, large.clone()]);
+    let (sent, arrived) = (
+        a.behaviour().wire_stats().chunk_bytes_sent,
+        b.behaviour().wire_stats().chunk_bytes_received,
+    );
+    assert_eq!(sent, arrived, "a chunk went twice");
+    assert!(arrived >= SIZE as u64 && arrived < SIZE as u64 + 1024);
+    assert_eq!(b.behaviour().transfers_receiving(), (0, 0));
+}

@@ -346,8 +346,10 @@ impl Behaviour {
                     let why = format!("peer {peer} denied: {denial}");
                     return refused(Rejection::new(RejectKind::Denied, why), true);
                 }
-                match self.receiver.start(peer, start) {
-                    Ok(reply) => (Answer::Reply(reply), None),
+                let digest = start.digest.clone();
+                let received = self.receiver.start(peer, start);
+                match received.and_then(|r| self.deliver_whole(peer, &digest, r)) {
+                    Ok(answer) => (answer, None),
                     Err(rejection) => refused(rejection, true),
                 }
             }
@@ -362,22 +364,42 @@ impl Behaviour {
                 };
                 let received = self.receiver.chunk(peer, &digest, offset, &bytes);
                 drop(bytes);
-                match received.and_then(|r| match r {
-                    Received::Partial(reply) => Ok(Some(reply)),
-                    Received::Complete(envelope) => self.accept(peer, envelope).map(|()| None),
-                }) {
-                    Ok(Some(reply)) => (Answer::Reply(reply), None),
-                    Ok(None) => (
-                        Answer::Reply(Reply {
-                            have: Vec::new(),
-                            ack: Some(ack::accepted()),
-                        }),
-                        None,
-                    ),
+                match received.and_then(|r| self.deliver_whole(peer, &digest, r)) {
+                    Ok(answer) => (answer, None),
                     Err(rejection) => refused(rejection, true),
                 }
             }
         }
+    }
+
+    /// The answer to a transfer's request: how far it got, or, once its
+    /// value is whole, the engine's verdict on it. While the engine is too
+    /// busy the value stays whole here and the answer is busy: the sender
+    /// asks again with a `Start`, and sends no chunk again.
+    fn deliver_whole(
+        &mut self,
+        peer: PeerId,
+        digest: &[u8],
+        received: Received,
+    ) -> Result<Answer, Rejection> {
+        let payload = match received {
+            Received::Partial(reply) => return Ok(Answer::Reply(reply)),
+            Received::Whole { payload } => payload,
+        };
+        if let Some(busy) = self.inbound.busy_for(&peer, payload) {
+            return Err(busy);
+        }
+        let envelope = self.receiver.take_whole(peer, digest).ok_or_else(|| {
+            Rejection::new(
+                RejectKind::UnknownTransfer,
+                "the whole value is no longer held".to_string(),
+            )
+        })?;
+        self.accept(peer, envelope)?;
+        Ok(Answer::Reply(Reply {
+            have: Vec::new(),
+            ack: Some(ack::accepted()),
+        }))
     }
 
     /// Hands a decoded envelope from `peer` to the engine.

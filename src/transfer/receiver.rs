@@ -27,14 +27,15 @@ const MIN_CHUNK_BYTES: u64 = 16 * 1024;
 /// its header and bookkeeping besides its bytes.
 const MAX_TRANSFERS: usize = 64;
 
-/// What came of a chunk.
+/// What came of a chunk, or of a `Start`.
 #[derive(Debug)]
 pub(crate) enum Received {
     /// More are due; the answer says which the receiver holds.
     Partial(Reply),
-    /// The value is whole and matches its digest: the envelope for the
-    /// engine.
-    Complete(WireEnvelope),
+    /// The value is whole and matches its digest; it waits here, holding
+    /// its `payload` bytes, until [`Receiver::take_whole`] hands it over
+    /// (the engine may be too busy to take it yet).
+    Whole { payload: usize },
 }
 
 /// One value arriving.
@@ -52,10 +53,24 @@ struct Incoming {
     /// Each payload's digest over the chunks before `hashed`, in order.
     hashers: Vec<blake3::Hasher>,
     hashed: usize,
+    /// Every chunk came and the digest matched: the value waits for the
+    /// engine to take it.
+    whole: bool,
     last: Instant,
 }
 
 impl Incoming {
+    /// Where it stands, for an answer.
+    fn progress(&self) -> Received {
+        if self.whole {
+            Received::Whole {
+                payload: self.total as usize,
+            }
+        } else {
+            Received::Partial(self.reply())
+        }
+    }
+
     fn reply(&self) -> Reply {
         Reply {
             have: self.have.as_bytes().to_vec(),
@@ -133,11 +148,11 @@ impl Receiver {
     }
 
     /// Opens the transfer `start` names, or says how far it got.
-    pub(crate) fn start(&mut self, peer: PeerId, start: Start) -> Result<Reply, Rejection> {
+    pub(crate) fn start(&mut self, peer: PeerId, start: Start) -> Result<Received, Rejection> {
         let digest = digest_of(&start.digest)?;
         if let Some(incoming) = self.transfers.get_mut(&(peer, digest)) {
             incoming.last = Instant::now();
-            return Ok(incoming.reply());
+            return Ok(incoming.progress());
         }
         let total = start
             .fill_lengths
@@ -209,12 +224,13 @@ impl Receiver {
             hashers: vec![blake3::Hasher::new(); start.fill_lengths.len()],
             header_bytes: start.header,
             hashed: 0,
+            whole: false,
             last: Instant::now(),
         };
         let reply = incoming.reply();
         self.held += size;
         self.transfers.insert((peer, digest), incoming);
-        Ok(reply)
+        Ok(Received::Partial(reply))
     }
 
     /// Takes one chunk of `peer`'s transfer `digest`.
@@ -266,37 +282,55 @@ impl Receiver {
         if incoming.hashed < incoming.have.len() {
             return Ok(Received::Partial(incoming.reply()));
         }
-        self.finish(key).map(Received::Complete)
+        if !incoming.whole {
+            self.verify(key)?;
+        }
+        Ok(Received::Whole {
+            payload: self.transfers[&key].total as usize,
+        })
     }
 
-    fn finish(&mut self, key: (PeerId, Digest)) -> Result<WireEnvelope, Rejection> {
-        let incoming = self
-            .transfers
-            .remove(&key)
-            .expect("finish is called for a held transfer");
-        self.held -= incoming.total as usize;
+    /// Checks a value whose chunks have all come against its digest: it
+    /// stays, whole, or is dropped as an integrity failure.
+    fn verify(&mut self, key: (PeerId, Digest)) -> Result<(), Rejection> {
+        let incoming = self.transfers.get_mut(&key).expect("verified while held");
         let payloads: Vec<Digest> = incoming
             .hashers
             .iter()
             .map(|h| *h.finalize().as_bytes())
             .collect();
         let got = digest(&incoming.header_bytes, &payloads);
-        if got != key.1 {
-            return Err(Rejection::new(
-                RejectKind::Integrity,
-                format!(
-                    "the value's {} bytes hash to {}, its transfer declared {}",
-                    incoming.total,
-                    short(&got),
-                    short(&key.1)
-                ),
-            ));
+        if got == key.1 {
+            incoming.whole = true;
+            return Ok(());
         }
+        let total = incoming.total;
+        self.transfers.remove(&key);
+        self.held -= total as usize;
+        Err(Rejection::new(
+            RejectKind::Integrity,
+            format!(
+                "the value's {total} bytes hash to {}, its transfer declared {}",
+                short(&got),
+                short(&key.1)
+            ),
+        ))
+    }
+
+    /// The envelope of `peer`'s whole transfer `digest`, for the engine;
+    /// the transfer ends.
+    pub(crate) fn take_whole(&mut self, peer: PeerId, digest: &[u8]) -> Option<WireEnvelope> {
+        let key = (peer, digest_of(digest).ok()?);
+        if !self.transfers.get(&key)?.whole {
+            return None;
+        }
+        let incoming = self.transfers.remove(&key)?;
+        self.held -= incoming.total as usize;
         let mut envelope = incoming.header;
         for (fill, payload) in envelope.fills.iter_mut().zip(incoming.payloads) {
             fill.payload = payload;
         }
-        Ok(envelope)
+        Some(envelope)
     }
 
     /// Drops `peer`'s transfers (it was denied).

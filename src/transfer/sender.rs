@@ -176,7 +176,9 @@ impl Sender {
             transfer.sending.clear(index);
         }
         match reply.ack {
-            Some(ack) if is_busy(&ack) && matches!(piece, Piece::Start) => {
+            // Busy at a `Start`, or at the chunk that completed the value
+            // (the receiver keeps it whole): wait, and ask again.
+            Some(ack) if is_busy(&ack) => {
                 let since = *transfer.busy_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= transfer.busy_limit {
                     self.end(id, Ok(ack));
