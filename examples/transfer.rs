@@ -30,7 +30,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use bb_libp2p::{values, Address, Behaviour, Config, Event};
+use bb_libp2p::{values, Behaviour, Config, Event};
 use bytesandbrains::proto::onnx::ModelProto;
 use bytesandbrains::{Compiler, Graph, Module};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
@@ -40,6 +40,9 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{noise, tcp, yamux, Multiaddr, StreamProtocol, Swarm};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
+
+#[path = "common/node.rs"]
+mod node;
 
 /// The raw baseline's protocol.
 const RAW: StreamProtocol = StreamProtocol::new("/bb-libp2p-example/raw-transfer/1");
@@ -135,21 +138,8 @@ fn compile() -> Result<(ModelProto, bb_libp2p::ports::Port)> {
 
 fn swarm(model: ModelProto, target: &str, max_value: usize) -> Result<Swarm<Both>> {
     let key = Keypair::generate_ed25519();
-    let me = bb_libp2p::to_engine_peer(&key.public().to_peer_id());
-    let target = target.to_string();
     let config = Config::default().with_max_value_bytes(max_value.max(1 << 30));
-    let bb = Behaviour::new(
-        move || {
-            bytesandbrains::install(
-                me,
-                vec![Address::empty().p2p(me)],
-                model,
-                &[&target],
-                bytesandbrains::Config::new(),
-            )
-        },
-        config,
-    )?;
+    let bb = node::behaviour(&key, model, target, config)?;
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(

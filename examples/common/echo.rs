@@ -7,7 +7,7 @@
 use std::error::Error;
 
 use bb_ir::proto::onnx::{NodeProto, StringStringEntryProto};
-use bb_libp2p::{to_engine_peer, values, Address, Behaviour, Config};
+use bb_libp2p::values;
 use bytesandbrains::atomic::DispatchResult;
 use bytesandbrains::bus::OpError;
 use bytesandbrains::proto::onnx::ModelProto;
@@ -15,7 +15,6 @@ use bytesandbrains::runtime::RuntimeResourceRef;
 use bytesandbrains::slot_value::SlotValue;
 use bytesandbrains::syscall::values::PeerIdVecValue;
 use bytesandbrains::{Compiler, Graph, Module, Output};
-use libp2p::identity::Keypair;
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
@@ -97,28 +96,6 @@ pub fn text(value_bytes: &[u8]) -> Result<String> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// The behaviour, configured by `config`, whose Node runs `target` of
-/// `model` with the identity of `key`.
-pub fn behaviour(
-    key: &Keypair,
-    model: ModelProto,
-    target: &str,
-    config: Config,
-) -> Result<Behaviour> {
-    let me = to_engine_peer(&key.public().to_peer_id());
-    let target = target.to_string();
-    // The Node is `!Send`: the behaviour builds it with this closure on
-    // its engine thread, with the engine PeerId of the swarm's key.
-    Ok(Behaviour::new(
-        move || {
-            bytesandbrains::install(
-                me,
-                vec![Address::empty().p2p(me)],
-                model,
-                &[&target],
-                bytesandbrains::Config::new(),
-            )
-        },
-        config,
-    )?)
-}
+#[path = "node.rs"]
+mod node;
+pub use node::behaviour;
