@@ -175,7 +175,7 @@ impl Behaviour {
         E: Into<Box<dyn Error + Send + Sync>>,
     {
         let sizes = Sizes {
-            max_value: config.max_value_bytes(),
+            max_payload: config.max_payload_bytes(),
             transfer_above: Self::frame_cap(&config).min(TRANSFER_ABOVE),
         };
         let started = start::start(

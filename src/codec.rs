@@ -123,6 +123,29 @@ impl Codec {
         self
     }
 
+    /// Writes the envelope of `req` behind `prefix`, recording what the
+    /// frame took for the acknowledgement's wait.
+    pub(crate) async fn write_envelope<T: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut T,
+        prefix: &[u8],
+        req: Request,
+    ) -> io::Result<()> {
+        let (envelope, moved) = match req {
+            Request::Envelope(envelope) => (envelope, None),
+            Request::Sending(envelope, moved) => (envelope, Some(moved)),
+            Request::Invalid(rejection) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("an invalid inbound frame is never sent: {rejection}"),
+                ))
+            }
+        };
+        self.written =
+            write_frame(io, prefix, &*envelope, self.write_timeout, moved.as_ref()).await?;
+        Ok(())
+    }
+
     /// The read and write timeouts, if set.
     pub(crate) fn timeouts(&self) -> (Option<Duration>, Option<Duration>) {
         (self.read_timeout, self.write_timeout)
@@ -235,14 +258,21 @@ pub(crate) async fn read_answer<T: AsyncRead + Unpin>(
 }
 
 /// Writes `msg` length-prefixed; returns the bytes the frame took.
+/// `prefix` goes in the same write (a protocol's tag byte), so a small
+/// request is one write, one transport frame.
 pub(crate) async fn write_frame<T: AsyncWrite + Unpin, M: Message>(
     io: &mut T,
+    prefix: &[u8],
     msg: &M,
     stall: Option<Duration>,
     moved: Option<&Progress>,
 ) -> io::Result<u64> {
     // request-response closes the stream after each write.
-    let frame = msg.encode_length_delimited_to_vec();
+    let len = msg.encoded_len();
+    let mut frame = Vec::with_capacity(prefix.len() + MAX_VARINT_BYTES + len);
+    frame.extend_from_slice(prefix);
+    prost::encoding::encode_varint(len as u64, &mut frame);
+    msg.encode_raw(&mut frame);
     progress::write_all(io, &frame, stall, moved).await?;
     Ok(frame.len() as u64)
 }
@@ -313,21 +343,7 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        match req {
-            Request::Envelope(envelope) => {
-                self.written = write_frame(io, &*envelope, self.write_timeout, None).await?;
-                Ok(())
-            }
-            Request::Sending(envelope, moved) => {
-                self.written =
-                    write_frame(io, &*envelope, self.write_timeout, Some(&moved)).await?;
-                Ok(())
-            }
-            Request::Invalid(rejection) => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("an invalid inbound frame is never sent: {rejection}"),
-            )),
-        }
+        self.write_envelope(io, &[], req).await
     }
 
     async fn write_response<T>(
@@ -339,7 +355,7 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &ack, self.read_timeout, None)
+        write_frame(io, &[], &ack, self.read_timeout, None)
             .await
             .map(drop)
     }

@@ -279,15 +279,12 @@ impl Outbound {
 
     /// A transfer ended: as an envelope's request does.
     fn transfer_ended(&mut self, ended: Ended) {
-        let Some(mut outgoing) = self.settle(&Attempt::Transfer(ended.id)) else {
+        let Some(outgoing) = self.settle(&Attempt::Transfer(ended.id)) else {
             return;
         };
         match ended.result {
             Ok(ack) => self.answered(outgoing, &ack),
             Err(reason) => {
-                if !ended.sent_bytes {
-                    outgoing.progress = Progress::new();
-                }
                 tracing::debug!(parent: &outgoing.span, %reason, "transfer failed");
                 self.end(outgoing, reason);
             }

@@ -161,19 +161,23 @@ fn encoding_in_bulk(
     ctx: &mut RuntimeResourceRef<'_>,
 ) -> Result<DispatchResult, OpError> {
     let send = dispatch::original(WRAPPER, node)?;
+    fn large(value: &dyn SlotValue) -> Option<&BytesValue> {
+        let bytes = value.as_any().downcast_ref::<BytesValue>()?;
+        (bytes.0.len() >= BULK_FROM).then_some(bytes)
+    }
+    // Most sends carry small values: no allocation for those.
+    if !inputs.iter().any(|(_, value)| large(*value).is_some()) {
+        return send(node, inputs, ctx);
+    }
     let encoded: Vec<Option<Encoded>> = inputs
         .iter()
         .map(|(_, value)| {
-            let bytes = value.as_any().downcast_ref::<BytesValue>()?;
-            (bytes.0.len() >= BULK_FROM).then(|| Encoded {
+            large(*value).map(|bytes| Encoded {
                 bytes: keep(Payload::new(encode(&bytes.0))),
                 type_hash: value.type_hash(),
             })
         })
         .collect();
-    if encoded.iter().all(Option::is_none) {
-        return send(node, inputs, ctx);
-    }
     let inputs: Vec<(&str, &dyn SlotValue)> = inputs
         .iter()
         .zip(&encoded)

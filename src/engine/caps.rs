@@ -3,20 +3,18 @@
 
 use bb_runtime::node::{Node, NodeConfig};
 
-use crate::config::VALUE_WRAPPING as WRAPPING;
-
-/// `node` with the caps a value of `max_value` bytes needs: the per-fill
-/// and total envelope caps, the ingress byte budget and `max_invoke_bytes`.
+/// `node` with the caps an envelope carrying `needed` payload bytes (the
+/// largest value and its wrapping) needs: the per-fill and total envelope
+/// caps, the ingress byte budget and `max_invoke_bytes`.
 /// Only caps still at bytesandbrains' defaults are raised: one the Node's
 /// maker set stands, higher or lower.
 ///
 /// bb-runtime 0.3.8 reads them from the Node's config (`with_config`
 /// re-applies the engine's copies), and a Node fresh from `install` has not
 /// run a cycle yet, so nothing was sized by the old ones.
-pub(crate) fn raise(node: Node, max_value: usize) -> Node {
+pub(crate) fn raise(node: Node, needed: usize) -> Node {
     let defaults = NodeConfig::new(node.peer_id());
     let mut config = node.config().clone();
-    let needed = max_value.saturating_add(WRAPPING);
     let mut changed = false;
     let mut raise = |cap: &mut usize, default: usize| {
         if *cap == default && *cap < needed {

@@ -149,8 +149,9 @@ pub(crate) struct Links {
 /// The sizes the engine thread works to.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Sizes {
-    /// The largest value sent and accepted: the engine's caps fit it.
-    pub(crate) max_value: usize,
+    /// The largest payload an envelope carries (the largest value and its
+    /// wrapping): the engine's caps fit it.
+    pub(crate) max_payload: usize,
     /// Envelopes encoded larger than this cross as transfers: their digest
     /// is computed here, off the swarm's task.
     pub(crate) transfer_above: usize,
@@ -185,7 +186,7 @@ impl Host {
     /// Prepares `node` for libp2p: the local `/p2p` address, the data-plane
     /// bridge, the deadline gates, and its bootstrap.
     pub(crate) fn new(node: Node, links: Links) -> (Self, Init) {
-        let mut node = super::caps::raise(node, links.sizes.max_value);
+        let mut node = super::caps::raise(node, links.sizes.max_payload);
         let mut pending = VecDeque::new();
         let local_peer = match to_libp2p_peer(&node.peer_id()) {
             Ok(peer) => {

@@ -238,11 +238,14 @@ impl Framing {
             digest: chunk.digest,
             offset: chunk.offset,
         };
-        let mut written = write_frame(io, &header, self.write_timeout, None).await?;
-        let mut prefix = Vec::with_capacity(10);
-        prost::encoding::encode_varint(len, &mut prefix);
-        progress::write_all(io, &prefix, self.write_timeout, None).await?;
-        written += prefix.len() as u64;
+        // The tag, the header and the bytes' length in one write.
+        let mut head = vec![TAG_CHUNK];
+        header
+            .encode_length_delimited(&mut head)
+            .map_err(io::Error::other)?;
+        prost::encoding::encode_varint(len, &mut head);
+        progress::write_all(io, &head, self.write_timeout, None).await?;
+        let mut written = head.len() as u64;
         let range = chunk.offset..chunk.offset + len;
         let pieces: Vec<_> = segments(payloads.lengths(), range).collect();
         for (fill, range) in pieces {
@@ -315,27 +318,23 @@ impl libp2p::request_response::Codec for Framing {
                 PEER_LACKS_TRANSFERS,
             ));
         }
-        let tag = match &message {
-            Message::Wire(_) => TAG_ENVELOPE,
-            Message::Start(_) => TAG_START,
-            Message::Chunk(_) => TAG_CHUNK,
+        // Each request is its tag and its frames in as few writes as they
+        // allow: one for an envelope or a `Start`.
+        self.written = match message {
+            Message::Wire(request) => {
+                let tag: &[u8] = if transfer { &[TAG_ENVELOPE] } else { &[] };
+                return self.wire.write_envelope(io, tag, request).await;
+            }
+            Message::Start(start) => {
+                write_frame(io, &[TAG_START], &start, self.write_timeout, None).await?
+            }
+            Message::Chunk(chunk) => self.write_chunk(io, chunk).await?,
             Message::Refused(rejection) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!("a refused inbound request is never sent: {rejection}"),
                 ))
             }
-        };
-        if transfer {
-            progress::write_all(io, &[tag], self.write_timeout, None).await?;
-        }
-        self.written = 1 + match message {
-            Message::Wire(request) => {
-                return self.wire.write_request(&PROTOCOL_NAME, io, request).await
-            }
-            Message::Start(start) => write_frame(io, &start, self.write_timeout, None).await?,
-            Message::Chunk(chunk) => self.write_chunk(io, chunk).await?,
-            Message::Refused(_) => 0,
         };
         Ok(())
     }
@@ -351,7 +350,7 @@ impl libp2p::request_response::Codec for Framing {
     {
         match answer {
             Answer::Ack(ack) => self.wire.write_response(protocol, io, ack).await,
-            Answer::Reply(reply) => write_frame(io, &reply, self.read_timeout, None)
+            Answer::Reply(reply) => write_frame(io, &[], &reply, self.read_timeout, None)
                 .await
                 .map(drop),
         }

@@ -37,9 +37,9 @@ pub(crate) type TransferId = u64;
 pub(crate) struct Ended {
     pub(crate) id: TransferId,
     /// The receiver's acknowledgement of the whole value, or why none came.
+    /// (Whether chunk bytes left, which says whether it may have arrived,
+    /// is the attempt's `Progress`.)
     pub(crate) result: Result<Ack, SendFailure>,
-    /// Whether any chunk's bytes left (the value may have arrived).
-    pub(crate) sent_bytes: bool,
 }
 
 /// What a request of a transfer carried.
@@ -57,6 +57,9 @@ struct Transfer {
     have: Bits,
     /// Chunks on the wire now.
     sending: Bits,
+    /// Every chunk before this one is held or on the wire: where the next
+    /// look for one to send starts.
+    next: usize,
     in_flight: usize,
     progress: Progress,
     /// While the receiver is busy: when the `Start` goes again.
@@ -113,6 +116,7 @@ impl Sender {
             total,
             have: Bits::new(count),
             sending: Bits::new(count),
+            next: 0,
             in_flight: 0,
             progress,
             wait_until: None,
@@ -258,7 +262,7 @@ impl Sender {
     fn fill(&mut self, inner: &mut request_response::Behaviour<Framing>, id: TransferId) {
         let transfer = self.transfers.get_mut(&id).expect("filled while held");
         let count = transfer.have.len();
-        let mut index = 0;
+        let mut index = transfer.next;
         while transfer.in_flight < WINDOW && index < count {
             if !transfer.have.get(index) && !transfer.sending.get(index) {
                 let range = chunk_range(index, CHUNK_BYTES as u64, transfer.total);
@@ -279,6 +283,7 @@ impl Sender {
             }
             index += 1;
         }
+        transfer.next = index;
         // Every chunk held and no verdict: ask again (the verdict's answer
         // was lost with its stream).
         if transfer.in_flight == 0 && transfer.have.count() == count {
@@ -288,13 +293,9 @@ impl Sender {
     }
 
     fn end(&mut self, id: TransferId, result: Result<Ack, SendFailure>) {
-        if let Some(transfer) = self.transfers.remove(&id) {
+        if self.transfers.remove(&id).is_some() {
             self.requests.retain(|_, (t, _)| *t != id);
-            self.ended.push_back(Ended {
-                id,
-                result,
-                sent_bytes: transfer.progress.bytes() > 0,
-            });
+            self.ended.push_back(Ended { id, result });
         }
     }
 }
