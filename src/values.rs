@@ -68,6 +68,80 @@ pub fn decode_f32s(value: &[u8]) -> Result<Vec<f32>, ValueError> {
         .collect())
 }
 
+/// Serializes a `Vec<f32>` field of a Module's own value type in bulk:
+/// `#[serde(with = "bb_libp2p::values::bulk_f32s")]`.
+///
+/// Without it, bincode 1 encodes and decodes a `Vec<f32>` one element at a
+/// time, which dominates the engine's work on a model-sized vector. With it,
+/// the field is the vector's little-endian bytes as one byte string (in
+/// bincode: a `u64` byte length, then the bytes), written and read in bulk.
+/// Both ends must use it: the layout differs from a plain `Vec<f32>`'s.
+///
+/// ```
+/// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+/// struct Update {
+///     round: u64,
+///     #[serde(with = "bb_libp2p::values::bulk_f32s")]
+///     params: Vec<f32>,
+/// }
+///
+/// let update = Update { round: 3, params: vec![0.5, -2.0] };
+/// let bytes = bincode::serialize(&update).unwrap();
+/// assert_eq!(bytes.len(), 8 + 8 + 8);
+/// assert_eq!(bincode::deserialize::<Update>(&bytes).unwrap(), update);
+/// ```
+pub mod bulk_f32s {
+    use std::fmt;
+
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    /// Writes `values` as one byte string of their little-endian bytes.
+    pub fn serialize<S: Serializer>(values: &[f32], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut raw = vec![0u8; values.len() * 4];
+        for (bytes, value) in raw.chunks_exact_mut(4).zip(values) {
+            bytes.copy_from_slice(&value.to_le_bytes());
+        }
+        serializer.serialize_bytes(&raw)
+    }
+
+    /// Reads what [`serialize`] wrote. A byte string whose length is not a
+    /// multiple of four is an error.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<f32>, D::Error> {
+        deserializer.deserialize_bytes(F32s)
+    }
+
+    struct F32s;
+
+    impl<'de> Visitor<'de> for F32s {
+        type Value = Vec<f32>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("the little-endian bytes of f32s")
+        }
+
+        fn visit_bytes<E: Error>(self, raw: &[u8]) -> Result<Vec<f32>, E> {
+            if raw.len() % 4 != 0 {
+                return Err(E::invalid_length(raw.len(), &self));
+            }
+            let mut values = vec![0f32; raw.len() / 4];
+            for (value, bytes) in values.iter_mut().zip(raw.chunks_exact(4)) {
+                *value = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            }
+            Ok(values)
+        }
+
+        // Formats without byte strings give the bytes as a sequence.
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<f32>, A::Error> {
+            let mut raw = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+            while let Some(byte) = seq.next_element::<u8>()? {
+                raw.push(byte);
+            }
+            self.visit_bytes(&raw)
+        }
+    }
+}
+
 /// The peers of a value made with [`peers`].
 pub fn decode_peers(value: &[u8]) -> Result<Vec<PeerId>, ValueError> {
     let list = bincode::deserialize::<PeerIdVecValue>(value)
@@ -113,6 +187,20 @@ mod tests {
         assert_eq!(decode_f32s(&f32s(&floats)).unwrap(), floats);
         let list = [PeerId::random(), PeerId::random()];
         assert_eq!(decode_peers(&peers(&list)).unwrap(), list);
+    }
+
+    #[test]
+    fn bulk_f32s_are_their_little_endian_bytes() {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct Holder(#[serde(with = "super::bulk_f32s")] Vec<f32>);
+        let floats = vec![0.0, -1.25, f32::MAX, 3.5e-9, f32::MIN_POSITIVE / 2.0];
+        let encoded = bincode::serialize(&Holder(floats.clone())).unwrap();
+        // The same bytes as `f32s`: a byte length, then the bytes.
+        assert_eq!(encoded, f32s(&floats));
+        assert_eq!(bincode::deserialize::<Holder>(&encoded).unwrap().0, floats);
+        let ragged = bytes(&[1, 2, 3, 4, 5]);
+        let error = bincode::deserialize::<Holder>(&ragged).unwrap_err();
+        assert!(error.to_string().contains("invalid length 5"), "{error}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Byte values encoded in bulk rather than byte by byte.
+//! Large values encoded once, in bulk, and held once however many peers
+//! they go to.
 //!
 //! bb-runtime 0.3.8's `BytesValue(Vec<u8>)` has no `serde_bytes`: bincode 1
 //! encodes it through serde one element at a time, as a `u64` length and
@@ -7,13 +8,17 @@
 //! and what reads it decodes it as before. It is the value type of byte
 //! payloads and of `f32` vectors ([`values::f32s`](crate::values::f32s)).
 //!
-//! - Every `wire.Send` runs through [`encoding_in_bulk`]: a large
-//!   `BytesValue` input is encoded once, hashed once, and kept aside
-//!   (shared, [`Payload`]); the engine's Send gets a 16-byte mark in its
-//!   place, which it copies into each destination's envelope instead of the
-//!   value. The engine thread's host swaps the mark for the shared payload
-//!   as it takes each envelope ([`take_shared`]): a value sent to ten peers
-//!   is held once, not ten times.
+//! - Every `wire.Send` runs through [`encoding_in_bulk`]. Each value it
+//!   ships is encoded once, here: a `BytesValue` in bulk, any other type
+//!   with its own encoder (a Module's own types encode their `f32` vectors
+//!   in bulk with [`values::bulk_f32s`](crate::values::bulk_f32s)). An
+//!   encoding of 64 KiB or more is hashed once and kept aside (shared,
+//!   [`Payload`]); the engine's Send gets a 16-byte mark in its place,
+//!   which it copies into each destination's envelope instead of the value.
+//!   The engine thread's host swaps the mark for the shared payload as it
+//!   takes each envelope ([`take_shared`]): a value sent to ten peers is
+//!   held once, not ten times. The engine would otherwise encode each
+//!   value once per Send and copy the encoding into every envelope.
 //! - The receive dedup gate hashes a `BytesValue`'s encoding without
 //!   making it (see `dedup.rs`).
 //! - [`values::bytes`](crate::values::bytes) and
@@ -35,7 +40,7 @@ use bb_runtime::engine::GraphSlot;
 use bb_runtime::envelope::WireEnvelope;
 use bb_runtime::runtime::RuntimeResourceRef;
 use bb_runtime::slot_value::{SlotValue, SlotValueError};
-use bb_runtime::syscall::values::BytesValue;
+use bb_runtime::syscall::values::{BytesValue, PeerIdVecValue};
 
 use super::dispatch;
 use super::sites::is_wire;
@@ -97,8 +102,8 @@ fn keep(payload: Payload) -> Vec<u8> {
 
 const WRAPPER: &str = "bulk";
 
-/// Values smaller than this are left to the engine: one copy more costs
-/// more than it saves.
+/// Encodings smaller than this go in each envelope, as the engine puts
+/// them: keeping them aside costs more than it saves.
 const BULK_FROM: usize = 64 * 1024;
 
 /// The encoding of a `BytesValue` holding `bytes`.
@@ -153,29 +158,57 @@ impl SlotValue for Encoded {
     }
 }
 
-/// Runs `wire.Send` with each large `BytesValue` input encoded in bulk and
-/// kept aside, a mark in its place.
+/// Whether `wire.Send` input `name` holding `value` is left as it is: an
+/// input that addresses the envelopes (the names the engine's Send skips,
+/// and peer lists), or a byte value too small to keep aside.
+fn left_alone(name: &str, value: &dyn SlotValue) -> bool {
+    let addresses = name.ends_with("_suffix")
+        || matches!(
+            name,
+            "dest" | "dest_peer" | "peer" | "peers" | "peer_id" | "req_id"
+        );
+    let value = value.as_any();
+    addresses
+        || value.is::<PeerIdVecValue>()
+        || value
+            .downcast_ref::<BytesValue>()
+            .is_some_and(|bytes| bytes.0.len() < BULK_FROM)
+}
+
+/// `value` encoded, and kept aside behind a mark if large. `None` if it
+/// does not encode: the engine's Send then reports that itself.
+fn encoded(value: &dyn SlotValue) -> Option<Encoded> {
+    let bytes = match value.as_any().downcast_ref::<BytesValue>() {
+        Some(bytes) => encode(&bytes.0),
+        None => value.to_wire_bytes().ok()?,
+    };
+    let bytes = match bytes.len() >= BULK_FROM {
+        true => keep(Payload::new(bytes)),
+        false => bytes,
+    };
+    Some(Encoded {
+        bytes,
+        type_hash: value.type_hash(),
+    })
+}
+
+/// Runs `wire.Send` with each value it ships encoded once ([`encoded`]):
+/// the large ones kept aside, a mark in their place.
 fn encoding_in_bulk(
     node: &NodeProto,
     inputs: &[(&str, &dyn SlotValue)],
     ctx: &mut RuntimeResourceRef<'_>,
 ) -> Result<DispatchResult, OpError> {
     let send = dispatch::original(WRAPPER, node)?;
-    fn large(value: &dyn SlotValue) -> Option<&BytesValue> {
-        let bytes = value.as_any().downcast_ref::<BytesValue>()?;
-        (bytes.0.len() >= BULK_FROM).then_some(bytes)
-    }
-    // Most sends carry small values: no allocation for those.
-    if !inputs.iter().any(|(_, value)| large(*value).is_some()) {
+    // Sends of small byte values (most of them): no allocation.
+    if inputs.iter().all(|(name, value)| left_alone(name, *value)) {
         return send(node, inputs, ctx);
     }
     let encoded: Vec<Option<Encoded>> = inputs
         .iter()
-        .map(|(_, value)| {
-            large(*value).map(|bytes| Encoded {
-                bytes: keep(Payload::new(encode(&bytes.0))),
-                type_hash: value.type_hash(),
-            })
+        .map(|(name, value)| match left_alone(name, *value) {
+            true => None,
+            false => encoded(*value),
         })
         .collect();
     let inputs: Vec<(&str, &dyn SlotValue)> = inputs
