@@ -1,12 +1,18 @@
 //! Federated averaging over libp2p in one process: the example's
 //! federation (a coordinator and four clients joined through the engine's
-//! registry) on the memory transport.
+//! registry) on the memory transport, with its small model and its big one.
 
 mod common;
 #[path = "../examples/federated/fed.rs"]
 mod fed;
+#[path = "../examples/federated/hashed.rs"]
+mod hashed;
+#[path = "../examples/federated/messages.rs"]
+mod messages;
 #[path = "../examples/federated/ml.rs"]
 mod ml;
+#[path = "../examples/federated/ops.rs"]
+mod ops;
 #[path = "../examples/federated/round.rs"]
 mod round;
 
@@ -21,7 +27,7 @@ use fed::Federation;
 use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{PeerId, Swarm};
-use ml::Dataset;
+use ml::{Dataset, Features};
 use round::{Missing, Round, RoundReport};
 
 const CLIENTS: usize = 4;
@@ -31,6 +37,7 @@ const SEED: u64 = 7;
 
 /// A coordinator (swarm 0) and its clients, joined.
 struct Federated {
+    features: Features,
     federation: Arc<Federation>,
     swarms: Vec<Swarm<Behaviour>>,
     /// The coordinator's Node.
@@ -39,17 +46,21 @@ struct Federated {
     clients: Vec<PeerId>,
     shards: Vec<Dataset>,
     test: Dataset,
+    /// The most transfers the coordinator had under way at once during
+    /// the last round, and the distinct payload bytes they held then.
+    most_sending: (usize, usize),
 }
 
 impl Federated {
-    /// Starts the coordinator and the clients, and waits until the
-    /// registry holds every client.
-    async fn join() -> Self {
-        let (train, test) = ml::synthetic_task(SEED, SAMPLES, SAMPLES / 2);
+    /// Starts the coordinator and the clients of a federation training
+    /// the model of `features`, and waits until the registry holds every
+    /// client.
+    async fn join(features: Features) -> Self {
+        let (train, test) = features.synthetic_task(SEED, SAMPLES, SAMPLES / 2);
         let shards = ml::shards(&train, CLIENTS, false, SEED);
         let key = Keypair::generate_ed25519();
         let coordinator = key.public().to_peer_id();
-        let federation = Arc::new(Federation::new(&coordinator));
+        let federation = Arc::new(Federation::new(&coordinator, features));
         // A client that left is sent its parameters again for the delivery
         // window; kept well inside a round's budget here, so that its round
         // closes early once the window passes.
@@ -73,12 +84,14 @@ impl Federated {
             swarms.push(swarm);
         }
         let mut federated = Self {
+            features,
             federation,
             swarms,
             coordinator: node,
             clients,
             shards,
             test,
+            most_sending: (0, 0),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -113,6 +126,7 @@ impl Federated {
         .await
         .expect("round starts");
         let limit = Instant::now() + budget + Duration::from_secs(10);
+        self.most_sending = (0, 0);
         loop {
             let mut refs: Vec<&mut Swarm<Behaviour>> = self
                 .swarms
@@ -125,6 +139,8 @@ impl Federated {
                 }
             })
             .await;
+            let sending = self.swarms[0].behaviour().transfers_sending();
+            self.most_sending = self.most_sending.max(sending);
             let step = round.step(&self.coordinator, &self.federation, Instant::now());
             if let Some(report) = step.await.unwrap() {
                 return report;
@@ -152,7 +168,7 @@ async fn federated_averaging_learns_over_libp2p() {
     let _one = ONE_FEDERATION.lock().await;
     const ROUNDS: u64 = 5;
     let started = Instant::now();
-    let mut federated = Federated::join().await;
+    let mut federated = Federated::join(Features::Dense).await;
     let everyone: BTreeSet<PeerId> = federated.clients.iter().copied().collect();
     let mut losses = Vec::new();
     let mut accuracy = 0.0;
@@ -176,7 +192,7 @@ async fn federated_averaging_learns_over_libp2p() {
             "FedAvg's weights"
         );
         let params = report.params.expect("an aggregate");
-        let (loss, acc) = ml::evaluate(&params, &federated.test);
+        let (loss, acc) = federated.features.evaluate(&params, &federated.test);
         eprintln!("round {number}: test loss {loss:.4}, accuracy {acc:.4}");
         losses.push(loss);
         accuracy = acc;
@@ -186,8 +202,9 @@ async fn federated_averaging_learns_over_libp2p() {
         "the test loss falls round over round: {losses:?}"
     );
     assert!(accuracy >= 0.90, "final accuracy {accuracy}");
-    let (_, centralized) = ml::evaluate(
-        &ml::centralized(&federated.shards, ROUNDS as usize),
+    let features = federated.features;
+    let (_, centralized) = features.evaluate(
+        &features.centralized(&federated.shards, ROUNDS as usize),
         &federated.test,
     );
     assert!(
@@ -197,10 +214,79 @@ async fn federated_averaging_learns_over_libp2p() {
     eprintln!("{ROUNDS} rounds in {} ms", started.elapsed().as_millis());
 }
 
+/// The big model: hashed feature crosses over 2^21 buckets, 8 MiB of
+/// parameters, enough to cross in chunks (the example's default is 2^25).
+/// Each round's parameters go to every client from one buffer, the
+/// coordinator's engine lets go of each update once it is aggregated, and
+/// the federation learns as the centralized model does.
+#[tokio::test(flavor = "current_thread")]
+async fn a_big_model_goes_to_every_client_from_one_buffer_and_learns() {
+    let _one = ONE_FEDERATION.lock().await;
+    const ROUNDS: u64 = 3;
+    let features = Features::Hashed { buckets: 1 << 21 };
+    let param_bytes = 4 * features.params();
+    let started = Instant::now();
+    let mut federated = Federated::join(features).await;
+    let mut losses = Vec::new();
+    let mut accuracy = 0.0;
+    for number in 1..=ROUNDS {
+        let before = federated.swarms[0].behaviour().wire_stats();
+        let report = federated.round(number, Duration::from_secs(60), &[]).await;
+        let after = federated.swarms[0].behaviour().wire_stats();
+        assert_eq!(report.updates.len(), CLIENTS, "{report:?}");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        // Four copies of the parameters went out in chunks, and four
+        // updates came back in chunks.
+        let floor = (CLIENTS * param_bytes) as u64;
+        assert!(after.chunk_bytes_sent - before.chunk_bytes_sent >= floor);
+        assert!(after.chunk_bytes_received - before.chunk_bytes_received >= floor);
+        let (transfers, held) = federated.most_sending;
+        assert!(transfers >= 2, "the transfers never overlapped");
+        assert!(
+            held < param_bytes + param_bytes / 8,
+            "{transfers} transfers held {held} bytes, for {param_bytes} bytes of parameters"
+        );
+        let params = report.params.expect("an aggregate");
+        let (loss, acc) = features.evaluate(&params, &federated.test);
+        eprintln!(
+            "round {number}: test loss {loss:.4}, accuracy {acc:.4}; \
+             {transfers} transfers held {held} bytes"
+        );
+        losses.push(loss);
+        accuracy = acc;
+    }
+    let held = federated
+        .coordinator
+        .with_node(|node| node.engine_install_handle().ingress_bytes_in_flight())
+        .await
+        .unwrap();
+    assert!(
+        held < param_bytes,
+        "the coordinator's engine still holds {held} bytes of updates"
+    );
+    assert!(
+        losses.windows(2).all(|w| w[1] < w[0]),
+        "the test loss falls round over round: {losses:?}"
+    );
+    let (_, centralized) = features.evaluate(
+        &features.centralized(&federated.shards, ROUNDS as usize),
+        &federated.test,
+    );
+    assert!(
+        (accuracy - centralized).abs() <= 0.02,
+        "federated {accuracy}, centralized {centralized}"
+    );
+    eprintln!(
+        "{ROUNDS} rounds of the big model in {} ms, final accuracy {accuracy:.4} \
+         (centralized {centralized:.4})",
+        started.elapsed().as_millis()
+    );
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn rounds_go_on_without_dropped_and_silent_clients() {
     let _one = ONE_FEDERATION.lock().await;
-    let mut federated = Federated::join().await;
+    let mut federated = Federated::join(Features::Dense).await;
     let clients = federated.clients.clone();
     let report = federated.round(1, Duration::from_secs(20), &[]).await;
     assert_eq!(report.updates.len(), CLIENTS, "{report:?}");
@@ -278,4 +364,32 @@ fn sorted(peers: &[PeerId]) -> Vec<&PeerId> {
     let mut peers: Vec<&PeerId> = peers.iter().collect();
     peers.sort();
     peers
+}
+
+/// What the example's messages tell the engine to release is exactly what
+/// it charged for them: their encoded length.
+#[test]
+fn messages_release_their_encoded_length() {
+    use messages::{GlobalMsg, UpdateMsg};
+    let global = GlobalMsg {
+        round: 3,
+        deadline_ns: 9,
+        params: vec![0.25; 1000],
+    };
+    assert_eq!(
+        bincode::serialize(&global).unwrap().len(),
+        global.encoded_len()
+    );
+    let update = UpdateMsg {
+        round: 3,
+        deadline_ns: 9,
+        client: vec![7; 38],
+        num_samples: 500,
+        loss: 0.5,
+        params: vec![-1.5; 1000],
+    };
+    assert_eq!(
+        bincode::serialize(&update).unwrap().len(),
+        update.encoded_len()
+    );
 }

@@ -1,17 +1,17 @@
-//! Federated averaging as one engine Module, the Nodes that run it, and the
-//! coordinator's round loop around it.
+//! Federated averaging as one engine Module, and the Nodes that run it. Its
+//! values are in `messages.rs`, its ops in `ops.rs`.
 //!
 //! [`FedRound`] compiles to three targets:
 //!
 //! - `FedRound#…`, the coordinator's round: invoked with `round_cmd`, it
 //!   samples a cohort from the registry's view (`Sample` on the
 //!   `GlobalRegistryServer` the clients announced to), reads its Model's
-//!   parameters and sends them to the cohort as a [`GlobalMsg`]; invoked
+//!   parameters and sends them to the cohort as a `GlobalMsg`; invoked
 //!   with `close`, it has `FedAvg` aggregate the updates it took, loads the
 //!   result into its Model and outputs it as `new_global`.
 //! - `FedRound_client#…`, each client: it loads the parameters into its
 //!   Model, takes [`LOCAL_STEPS`] gradient steps on its shard and sends the
-//!   result back to the sender as an [`UpdateMsg`].
+//!   result back to the sender as an `UpdateMsg`.
 //! - `FedRound_coord#…`, the coordinator again, once per update: it drops
 //!   an update that arrives after the round's deadline and hands the rest
 //!   to `FedAvg`'s `Contribute`, which keys each contribution on the
@@ -20,8 +20,8 @@
 //!
 //! The host drives rounds with `round::Round`.
 //!
-//! bytesandbrains 0.3.8 shapes the graph in four places, each marked where
-//! it applies:
+//! bytesandbrains 0.3.8 shapes the federation in five places, each marked
+//! where it applies:
 //!
 //! - (L1) An op that reads two outputs of the same producer fires twice.
 //! - (L2) A role op whose contract returns nothing (`LoadParameters`,
@@ -35,7 +35,15 @@
 //! - (L4) The Model's and `FedAvg`'s value types (`Box<[f32]>`,
 //!   `Box<CpuTensor>`) have no wire decoder, so a receiver drops them
 //!   (`WireReceiveFailed(UnknownTypeHash)`); parameters travel inside this
-//!   file's own message types instead.
+//!   example's own message types instead (`messages.rs`). Those encode
+//!   their parameters in bulk (`bb_libp2p::values::bulk_f32s`), and the
+//!   behaviour keeps one encoding of each message however many clients it
+//!   goes to: with the big model (`--model hashed`, 128 MiB of parameters)
+//!   the coordinator holds the round's parameters once, not once per
+//!   client.
+//! - (L5) A received value whose type registers no `charged_bytes` holds
+//!   its bytes against the Node's ingress budget for good
+//!   (`messages.rs`).
 #![allow(dead_code)]
 
 use std::any::Any;
@@ -43,30 +51,24 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bb_ir::proto::onnx::NodeProto;
+use bb_ir::proto::onnx::{AttributeProto, NodeProto};
 use bb_ir::types::{
     TypeNode, TYPE_BYTES, TYPE_PEER_ID_VEC, TYPE_SCALAR_F32, TYPE_SCALAR_I32, TYPE_TENSOR_F32,
     TYPE_TRIGGER,
 };
-use bytesandbrains::aggregators::fedavg::FedAvgMeta;
 use bytesandbrains::aggregators::FedAvg;
-use bytesandbrains::atomic::DispatchResult;
-use bytesandbrains::backends::cpu::{CpuBackend, CpuTensor};
-use bytesandbrains::bus::OpError;
+use bytesandbrains::backends::cpu::CpuBackend;
 use bytesandbrains::ids::ComponentRef;
 use bytesandbrains::placeholders::{AggregatorSlot, DataLoaderSlot, ModelSlot};
 use bytesandbrains::proto::onnx::ModelProto;
 use bytesandbrains::protocols::global_registry::GLOBAL_REGISTRY_SERVER_CREF;
 use bytesandbrains::protocols::GlobalRegistryServer;
-use bytesandbrains::runtime::RuntimeResourceRef;
-use bytesandbrains::slot_value::SlotValue;
-use bytesandbrains::syscall::values::{BytesValue, PeerIdVecValue};
-use bytesandbrains::{Compiler, Graph, Module, Node, Output, PeerId};
+use bytesandbrains::{Compiler, Graph, Module, Node, Output};
 use libp2p::identity::Keypair;
-use serde::{Deserialize, Serialize};
 
-use super::ml::{self, Dataset, LogReg, Shard, LOCAL_STEPS, PARAMS};
-use super::registry::{self, entry, op_error};
+use super::ml::{Dataset, Features, LogReg, Shard, LOCAL_STEPS};
+use super::ops::PARAMS_ATTRIBUTE;
+use super::registry::{self, entry};
 
 /// Domain of this file's ops.
 pub const FED_DOMAIN: &str = "ai.bytesandbrains.bb_libp2p_example.fed";
@@ -75,341 +77,6 @@ pub const FED_DOMAIN: &str = "ai.bytesandbrains.bb_libp2p_example.fed";
 /// bootstrap, and the engine's default (90 s) would drop them from the view
 /// in the middle of a longer run.
 const REGISTRY_TTL: Duration = Duration::from_secs(24 * 3600);
-
-/// What the host gives the coordinator's `round_cmd` input (bincode).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RoundCmd {
-    /// Round number, from 1.
-    pub round: u64,
-    /// How many clients to sample from the registry's view.
-    pub cohort: u32,
-    /// Coordinator engine time after which an update is refused.
-    pub deadline_ns: u64,
-}
-
-/// Coordinator to clients: the global parameters.
-///
-/// The round and deadline let a client answer the round it was asked for.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct GlobalMsg {
-    /// Round number.
-    pub round: u64,
-    /// The round's deadline, echoed in the update.
-    pub deadline_ns: u64,
-    /// Weights, then bias.
-    pub params: Vec<f32>,
-}
-
-/// Client to coordinator: the locally trained parameters.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct UpdateMsg {
-    /// Round number, from the [`GlobalMsg`].
-    pub round: u64,
-    /// The round's deadline, from the [`GlobalMsg`].
-    pub deadline_ns: u64,
-    /// The client's engine PeerId bytes, which the client's own graph
-    /// stamps. The coordinator attributes the update to the authenticated
-    /// sender, not to this.
-    pub client: Vec<u8>,
-    /// Samples the client trained on: FedAvg's weight.
-    pub num_samples: u64,
-    /// The client's training loss under the global parameters, before its
-    /// local steps.
-    pub loss: f32,
-    /// Weights, then bias.
-    pub params: Vec<f32>,
-}
-
-/// What a client keeps of the [`GlobalMsg`] for its reply.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Ticket {
-    /// Round number.
-    pub round: u64,
-    /// The round's deadline.
-    pub deadline_ns: u64,
-    /// The coordinator's engine PeerId bytes: the envelope's sender.
-    pub coordinator: Vec<u8>,
-}
-
-/// Coordinator to its host, per accepted update (output `update_info`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct UpdateInfo {
-    /// Round number.
-    pub round: u64,
-    /// The sender's engine PeerId bytes.
-    pub client: Vec<u8>,
-    /// Samples the client trained on.
-    pub num_samples: u64,
-    /// The client's training loss before its local steps.
-    pub loss: f32,
-}
-
-// (L4) The two messages that cross the wire; without a decoder the
-// receiver drops the fill.
-bb_ir::register_type_node!(GlobalMsg, &TYPE_BYTES);
-bb_ir::register_type_node!(UpdateMsg, &TYPE_BYTES);
-
-type OpResult = Result<DispatchResult, OpError>;
-
-fn outputs(values: Vec<(&str, Box<dyn SlotValue>)>) -> OpResult {
-    Ok(DispatchResult::Immediate(
-        values
-            .into_iter()
-            .map(|(n, v)| (n.to_string(), v))
-            .collect(),
-    ))
-}
-
-/// Input `i` of `op`, as a `T`.
-fn input<'a, T: 'static>(
-    inputs: &'a [(&str, &dyn SlotValue)],
-    i: usize,
-    op: &str,
-) -> Result<&'a T, OpError> {
-    inputs
-        .get(i)
-        .and_then(|(_, v)| v.as_any().downcast_ref::<T>())
-        .ok_or_else(|| {
-            op_error(format!(
-                "{op}: input {i} is not a {}",
-                std::any::type_name::<T>()
-            ))
-        })
-}
-
-fn round_cmd(inputs: &[(&str, &dyn SlotValue)], i: usize, op: &str) -> Result<RoundCmd, OpError> {
-    let BytesValue(bytes) = input::<BytesValue>(inputs, i, op)?;
-    bincode::deserialize(bytes).map_err(|e| op_error(format!("{op}: round_cmd: {e}")))
-}
-
-/// `CohortSize`: `round_cmd` -> `count`, the `u32` that `Sample` reads by
-/// that name.
-fn cohort_size(
-    _: &NodeProto,
-    inputs: &[(&str, &dyn SlotValue)],
-    _: &mut RuntimeResourceRef<'_>,
-) -> OpResult {
-    let cmd = round_cmd(inputs, 0, "CohortSize")?;
-    outputs(vec![("count", Box::new(cmd.cohort))])
-}
-
-bytesandbrains::register_op! {
-    domain: "ai.bytesandbrains.bb_libp2p_example.fed",
-    op_type: "CohortSize",
-    invoke: cohort_size,
-}
-
-/// `MakeGlobal`: (the Model's parameters, `round_cmd`) -> [`GlobalMsg`].
-fn make_global(
-    _: &NodeProto,
-    inputs: &[(&str, &dyn SlotValue)],
-    _: &mut RuntimeResourceRef<'_>,
-) -> OpResult {
-    let params = input::<Box<[f32]>>(inputs, 0, "MakeGlobal")?;
-    let cmd = round_cmd(inputs, 1, "MakeGlobal")?;
-    let msg = GlobalMsg {
-        round: cmd.round,
-        deadline_ns: cmd.deadline_ns,
-        params: params.to_vec(),
-    };
-    outputs(vec![("msg", Box::new(msg))])
-}
-
-bytesandbrains::register_op! {
-    domain: "ai.bytesandbrains.bb_libp2p_example.fed",
-    op_type: "MakeGlobal",
-    invoke: make_global,
-}
-
-/// `OpenGlobal`: [`GlobalMsg`] -> (parameters for `LoadParameters`,
-/// [`Ticket`]). The ticket names the envelope's sender, to reply to.
-fn open_global(
-    _: &NodeProto,
-    inputs: &[(&str, &dyn SlotValue)],
-    ctx: &mut RuntimeResourceRef<'_>,
-) -> OpResult {
-    let msg = input::<GlobalMsg>(inputs, 0, "OpenGlobal")?;
-    let coordinator = ctx
-        .current
-        .inbound
-        .src_peer
-        .ok_or_else(|| op_error("OpenGlobal: outside an inbound delivery"))?;
-    let ticket = Ticket {
-        round: msg.round,
-        deadline_ns: msg.deadline_ns,
-        coordinator: coordinator.to_bytes(),
-    };
-    outputs(vec![
-        ("params", Box::new(msg.params.clone().into_boxed_slice())),
-        ("ticket", Box::new(ticket)),
-    ])
-}
-
-bytesandbrains::register_op! {
-    domain: "ai.bytesandbrains.bb_libp2p_example.fed",
-    op_type: "OpenGlobal",
-    invoke: open_global,
-}
-
-/// `LogitGradient`: (predictions, labels) -> the loss's gradient per
-/// logit, which the Model's `backward` takes.
-fn logit_gradient(
-    _: &NodeProto,
-    inputs: &[(&str, &dyn SlotValue)],
-    _: &mut RuntimeResourceRef<'_>,
-) -> OpResult {
-    let p = input::<Box<[f32]>>(inputs, 0, "LogitGradient")?;
-    let y = input::<Box<[f32]>>(inputs, 1, "LogitGradient")?;
-    outputs(vec![(
-        "dz",
-        Box::new(ml::logit_gradient(p, y).into_boxed_slice()),
-    )])
-}
-
-bytesandbrains::register_op! {
-    domain: "ai.bytesandbrains.bb_libp2p_example.fed",
-    op_type: "LogitGradient",
-    invoke: logit_gradient,
-}
-
-/// `ReplyPeers`: [`Ticket`] -> the coordinator as a one-peer list for
-/// `wire.Send`.
-fn reply_peers(
-    _: &NodeProto,
-    inputs: &[(&str, &dyn SlotValue)],
-    _: &mut RuntimeResourceRef<'_>,
-) -> OpResult {
-    let ticket = input::<Ticket>(inputs, 0, "ReplyPeers")?;
-    let coordinator = PeerId::from_bytes(&ticket.coordinator)
-        .map_err(|e| op_error(format!("ReplyPeers: {e}")))?;
-    outputs(vec![("peers", Box::new(PeerIdVecValue(vec![coordinator])))])
-}
-
-bytesandbrains::register_op! {
-    domain: "ai.bytesandbrains.bb_libp2p_example.fed",
-    op_type: "ReplyPeers",
-    invoke: reply_peers,
-}
-
-/// `MakeUpdate`: (trained parameters, [`Ticket`], labels, loss) ->
-/// [`UpdateMsg`]. The labels' count is the sample count: a batch is the
-/// whole shard.
-fn make_update(
-    _: &NodeProto,
-    inputs: &[(&str, &dyn SlotValue)],
-    ctx: &mut RuntimeResourceRef<'_>,
-) -> OpResult {
-    let params = input::<Box<[f32]>>(inputs, 0, "MakeUpdate")?;
-    let ticket = input::<Ticket>(inputs, 1, "MakeUpdate")?;
-    let labels = input::<Box<[f32]>>(inputs, 2, "MakeUpdate")?;
-    let loss = *input::<f32>(inputs, 3, "MakeUpdate")?;
-    let msg = UpdateMsg {
-        round: ticket.round,
-        deadline_ns: ticket.deadline_ns,
-        client: ctx.current.self_peer.to_bytes(),
-        num_samples: labels.len() as u64,
-        loss,
-        params: params.to_vec(),
-    };
-    outputs(vec![("msg", Box::new(msg))])
-}
-
-bytesandbrains::register_op! {
-    domain: "ai.bytesandbrains.bb_libp2p_example.fed",
-    op_type: "MakeUpdate",
-    invoke: make_update,
-}
-
-/// Prefix of the error with which [`open_update`] refuses a late update.
-pub const LATE_UPDATE: &str = "OpenUpdate: late update";
-
-/// `OpenUpdate`: [`UpdateMsg`] -> (the tensor `FedAvg<CpuBackend>`'s
-/// `Contribute` takes, [`UpdateInfo`]).
-///
-/// The round's deadline is enforced here, against the coordinator's engine
-/// clock (which the behaviour moves in real time): a late update fails this
-/// op and never reaches FedAvg's buffer, so it cannot leak into the round
-/// after.
-fn open_update(
-    _: &NodeProto,
-    inputs: &[(&str, &dyn SlotValue)],
-    ctx: &mut RuntimeResourceRef<'_>,
-) -> OpResult {
-    let msg = input::<UpdateMsg>(inputs, 0, "OpenUpdate")?;
-    let sender = ctx
-        .current
-        .inbound
-        .src_peer
-        .ok_or_else(|| op_error("OpenUpdate: outside an inbound delivery"))?;
-    let now = ctx.time.scheduler.now_ns();
-    if now >= msg.deadline_ns {
-        return Err(op_error(format!(
-            "{LATE_UPDATE} for round {} from {sender} ({} ms after the deadline)",
-            msg.round,
-            (now - msg.deadline_ns) / 1_000_000
-        )));
-    }
-    if msg.params.len() != PARAMS {
-        return Err(op_error(format!(
-            "OpenUpdate: {} parameters from {sender}, expected {PARAMS}",
-            msg.params.len()
-        )));
-    }
-    let tensor = Box::new(CpuTensor::from_vec(vec![PARAMS as i64], msg.params.clone()));
-    let info = UpdateInfo {
-        round: msg.round,
-        client: sender.to_bytes(),
-        num_samples: msg.num_samples,
-        loss: msg.loss,
-    };
-    outputs(vec![("tensor", Box::new(tensor)), ("info", Box::new(info))])
-}
-
-bytesandbrains::register_op! {
-    domain: "ai.bytesandbrains.bb_libp2p_example.fed",
-    op_type: "OpenUpdate",
-    invoke: open_update,
-}
-
-/// `MetaOf`: [`UpdateInfo`] -> the `FedAvgMeta` that `Contribute` weights
-/// by. (L1) Not an output of `OpenUpdate`: `Contribute` would then read two
-/// outputs of one producer and contribute twice.
-fn meta_of(
-    _: &NodeProto,
-    inputs: &[(&str, &dyn SlotValue)],
-    _: &mut RuntimeResourceRef<'_>,
-) -> OpResult {
-    let info = input::<UpdateInfo>(inputs, 0, "MetaOf")?;
-    let meta = FedAvgMeta {
-        num_samples: info.num_samples,
-    };
-    outputs(vec![("meta", Box::new(meta))])
-}
-
-bytesandbrains::register_op! {
-    domain: "ai.bytesandbrains.bb_libp2p_example.fed",
-    op_type: "MetaOf",
-    invoke: meta_of,
-}
-
-/// `ToFlat`: `Aggregate`'s tensor -> the values `LoadParameters` takes.
-fn to_flat(
-    _: &NodeProto,
-    inputs: &[(&str, &dyn SlotValue)],
-    _: &mut RuntimeResourceRef<'_>,
-) -> OpResult {
-    let tensor = input::<Box<CpuTensor>>(inputs, 0, "ToFlat")?;
-    outputs(vec![(
-        "flat",
-        Box::new(tensor.flat_data().into_boxed_slice()),
-    )])
-}
-
-bytesandbrains::register_op! {
-    domain: "ai.bytesandbrains.bb_libp2p_example.fed",
-    op_type: "ToFlat",
-    invoke: to_flat,
-}
 
 /// Declares `outs` and returns them as values of the graph.
 fn declare(g: &mut Graph, outs: &[(&str, &'static TypeNode)]) -> Vec<Output> {
@@ -439,6 +106,25 @@ fn push_op(
         metadata_props: class
             .map(|c| vec![entry(bb_ir::peer_class::PEER_CLASS_KEY, c)])
             .unwrap_or_default(),
+        ..Default::default()
+    });
+    declare(g, outs)
+}
+
+/// [`push_op`] for an op that reads `attribute`s and no peer class.
+fn push_op_with(
+    g: &mut Graph,
+    op_type: &str,
+    inputs: &[&str],
+    outs: &[(&str, &'static TypeNode)],
+    attribute: Vec<AttributeProto>,
+) -> Vec<Output> {
+    g.push_node(NodeProto {
+        op_type: op_type.into(),
+        domain: FED_DOMAIN.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outs.iter().map(|(n, _)| n.to_string()).collect(),
+        attribute,
         ..Default::default()
     });
     declare(g, outs)
@@ -478,13 +164,17 @@ const MODEL_ROLE: (&str, &str) = ("ModelRuntime", "ai.bytesandbrains.role.model"
 const DATA_ROLE: (&str, &str) = ("DataSourceRuntime", "ai.bytesandbrains.role.data_source");
 const AGGREGATOR_ROLE: (&str, &str) = ("AggregatorRuntime", "ai.bytesandbrains.role.aggregator");
 
-/// One federated-averaging round; see the module docs for its targets.
+/// One federated-averaging round of a model with `params` parameters; see
+/// the module docs for its targets.
 ///
 /// Outputs on the coordinator: `cohort` (the sampled clients, when the
 /// round starts), `update_info` (an [`UpdateInfo`] per accepted update),
 /// `new_global` and `agg_meta` (the aggregate and its total sample count,
 /// after `close`).
-pub struct FedRound;
+pub struct FedRound {
+    /// The model's parameter count, which an update must have.
+    pub params: usize,
+}
 
 impl Module for FedRound {
     fn name(&self) -> &str {
@@ -625,12 +315,18 @@ impl Module for FedRound {
 
         // Coordinator, per update: gate it on the deadline, contribute it.
         let got = g.lookup_output("update").expect("update port");
-        let opened = push_op(
+        let params = AttributeProto {
+            name: PARAMS_ATTRIBUTE.into(),
+            r#type: bb_ir::proto::onnx::attribute_proto::AttributeType::Int as i32,
+            i: self.params as i64,
+            ..Default::default()
+        };
+        let opened = push_op_with(
             g,
             "OpenUpdate",
             &[&got.name],
             &[("u_tensor", &TYPE_TENSOR_F32), ("u_info", &TYPE_BYTES)],
-            None,
+            vec![params],
         );
         push_op(g, "MetaOf", &["u_info"], &[("u_meta", &TYPE_BYTES)], None);
         push_role(
@@ -678,6 +374,8 @@ impl Module for FedRound {
 
 /// [`FedRound`] compiled for a coordinator and its clients.
 pub struct Federation {
+    /// How the model reads a sample.
+    pub features: Features,
     model: ModelProto,
     /// The coordinator's round target, `FedRound#…` (inputs `round_cmd`,
     /// `close`).
@@ -695,16 +393,19 @@ impl Federation {
     /// is the `GlobalRegistryServer` (component 0, where clients announce)
     /// that `Sample` draws the cohort from. A client installs the registry
     /// client's model first (see `registry::client_model`) and this one
-    /// after it.
-    pub fn new(coordinator: &libp2p::PeerId) -> Self {
+    /// after it. `features` says which model the federation trains.
+    pub fn new(coordinator: &libp2p::PeerId, features: Features) -> Self {
         bytesandbrains::ops::link_force();
+        let round = FedRound {
+            params: features.params(),
+        };
         let model = Compiler::new()
             .bind_peer_selector::<GlobalRegistryServer>("view")
             .bind_model::<LogReg>("model")
             .bind_data_source::<Shard>("data")
             .bind_aggregator::<FedAvg<CpuBackend>>("aggregator")
             .bind_backend::<CpuBackend>("backend")
-            .compile(FedRound.build().expect("FedRound builds"))
+            .compile(round.build().expect("FedRound builds"))
             .expect("FedRound compiles");
         let round_target = registry::target(&model, "FedRound#");
         let update_target = registry::target(&model, "FedRound_coord#");
@@ -712,6 +413,7 @@ impl Federation {
         let announce = registry::client_model(coordinator);
         let client_targets = vec![announce.functions[0].name.clone(), client_target];
         Self {
+            features,
             client_model: registry::merge(announce, &model),
             model,
             round_target,
@@ -758,7 +460,20 @@ impl Federation {
             .downcast_mut::<GlobalRegistryServer>()
             .expect("component 0 is the GlobalRegistryServer");
         server.config.default_ttl_ns = REGISTRY_TTL.as_nanos() as u64;
+        self.set_model(&mut node);
         node
+    }
+
+    /// Puts the federation's model in `node`'s Model slot: the derived
+    /// `LogReg` component is the dense one.
+    fn set_model(&self, node: &mut Node) {
+        let slot = node.slot("model").expect("a model slot");
+        let engine = node.engine_install_handle();
+        let component = engine.component_mut(slot).expect("the model component");
+        let component: &mut dyn Any = component.as_mut();
+        *component
+            .downcast_mut::<LogReg>()
+            .expect("the model component is a LogReg") = LogReg::for_features(self.features);
     }
 
     /// A client's Node holding `shard`. Call it where the Node is to live:
@@ -778,6 +493,7 @@ impl Federation {
             .downcast_mut::<Shard>()
             .expect("the data component is a Shard")
             .data = shard;
+        self.set_model(&mut node);
         node
     }
 }

@@ -6,6 +6,7 @@
 //! cargo run --release --example federated -- --clients 4 --rounds 10
 //! cargo run --release --example federated -- --transport quic
 //! cargo run --release --example federated -- --kill-client-after-round 3
+//! cargo run --release --example federated -- --model hashed --rounds 5
 //! ```
 //!
 //! The coordinator listens on loopback (TCP with noise and yamux, or QUIC)
@@ -19,15 +20,26 @@
 //! (see `fed.rs`). Each client trains on its own shard of a seeded
 //! synthetic task (see `ml.rs`); the data never leaves it.
 //!
-//! The coordinator prints a line per round (clients' training loss, test
-//! loss and accuracy of the new global model), the envelope bytes on the
-//! wire, and last the final accuracy beside the same model trained on all
-//! the shards in one process. It writes the curves to `federated.svg`.
+//! The model is logistic regression over 32 dense features (33
+//! parameters), or with `--model hashed` over hashed feature crosses with
+//! a weight per bucket (`hashed.rs`): 2^25 buckets by default, a parameter
+//! vector of 128 MiB that goes to every client and back each round.
+//!
+//! The coordinator prints two lines per round: the clients' training loss
+//! and the test loss and accuracy of the new global model; and what the
+//! round put on the wire (the parameters' bytes, and the time until every
+//! client had acknowledged them; the updates' bytes, and the time from
+//! their first bytes to the last update taken). Then the envelope bytes of
+//! the whole run, and last the final accuracy beside the same model
+//! trained on all the shards in one process. It writes the curves to
+//! `federated.svg`.
 //!
 //! Options: `--clients N` (4), `--rounds R` (10), `--cohort M` (clients
-//! sampled per round; all), `--transport tcp|quic` (tcp), `--non-iid`
+//! sampled per round; all), `--transport tcp|quic` (tcp), `--model
+//! dense|hashed` (dense), `--buckets B` (hashed: 33554432), `--non-iid`
 //! (shards skewed by label), `--samples S` (8000 training samples, and a
-//! quarter as many held out), `--seed X`, `--round-deadline-ms T` (2000),
+//! quarter as many held out), `--seed X`, `--round-deadline-ms T` (2000;
+//! hashed: 120000),
 //! `--kill-client-after-round K` (the coordinator kills its last client
 //! after round K: later rounds go on with the others), `--plot PATH`,
 //! `--metrics <host:port>` (Prometheus metrics at
@@ -35,23 +47,30 @@
 //! on the port plus k; with port 0 each picks a free one, and every process
 //! prints its address to stderr).
 
+mod clients;
 mod fed;
+mod hashed;
+mod messages;
 #[path = "../common/metrics_endpoint.rs"]
 mod metrics_endpoint;
 mod ml;
+mod ops;
+mod options;
+mod plot;
 mod registry;
 mod round;
+mod wire;
 
 use std::error::Error;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bb_libp2p::{Behaviour, Config, Event, Node, NodeHandle};
 use bb_runtime::engine::EngineStep;
+use clients::Clients;
 use fed::Federation;
 use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::futures::StreamExt;
@@ -59,8 +78,10 @@ use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, Swarm};
-use ml::Dataset;
+use options::{parse_args, Mode, Options, Task, USAGE};
+use plot::{plot, Point};
 use round::{Missing, Round, RoundReport};
+use wire::{RoundWire, WireMeter};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
@@ -75,154 +96,12 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// way, and a client whose acknowledgement is cut off reports a failed send.
 const LINGER: Duration = Duration::from_millis(200);
 
+/// How often a round's loop looks at the wire counters at least.
+const SAMPLE: Duration = Duration::from_millis(10);
+
 /// Connections stay open between rounds: clients do not listen, so the
 /// coordinator could not dial one back.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-
-const USAGE: &str =
-    "usage: federated [--clients N] [--rounds R] [--cohort M] [--transport tcp|quic]
-                 [--non-iid] [--samples S] [--seed X] [--round-deadline-ms T]
-                 [--kill-client-after-round K] [--plot PATH] [--metrics <host:port>]";
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Transport {
-    Tcp,
-    Quic,
-}
-
-impl Transport {
-    fn listen_address(self) -> Multiaddr {
-        match self {
-            Transport::Tcp => "/ip4/127.0.0.1/tcp/0",
-            Transport::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
-        }
-        .parse()
-        .expect("a valid multiaddr")
-    }
-}
-
-/// The learning task, which the coordinator and every client derive alike
-/// from the same options.
-#[derive(Clone)]
-struct Task {
-    clients: usize,
-    samples: usize,
-    seed: u64,
-    non_iid: bool,
-}
-
-impl Task {
-    /// The clients' shards and the held-out test split.
-    fn data(&self) -> (Vec<Dataset>, Dataset) {
-        let (train, test) = ml::synthetic_task(self.seed, self.samples, self.samples / 4);
-        (
-            ml::shards(&train, self.clients, self.non_iid, self.seed),
-            test,
-        )
-    }
-
-    /// The options that reproduce it in a client process.
-    fn args(&self) -> Vec<String> {
-        let mut args = vec![
-            "--clients".into(),
-            self.clients.to_string(),
-            "--samples".into(),
-            self.samples.to_string(),
-            "--seed".into(),
-            self.seed.to_string(),
-        ];
-        if self.non_iid {
-            args.push("--non-iid".into());
-        }
-        args
-    }
-}
-
-struct Options {
-    task: Task,
-    rounds: u64,
-    cohort: Option<u32>,
-    transport: Transport,
-    round_deadline: Duration,
-    kill_after: Option<u64>,
-    plot: PathBuf,
-    metrics: Option<SocketAddr>,
-}
-
-enum Mode {
-    Coordinator(Options),
-    /// A client process: the coordinator's address, the client's index and
-    /// where it serves its metrics.
-    Client(Task, Multiaddr, usize, Option<SocketAddr>),
-}
-
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode> {
-    let mut task = Task {
-        clients: 4,
-        samples: 8000,
-        seed: 7,
-        non_iid: false,
-    };
-    let mut options = Options {
-        task: task.clone(),
-        rounds: 10,
-        cohort: None,
-        transport: Transport::Tcp,
-        round_deadline: Duration::from_millis(2000),
-        kill_after: None,
-        plot: "federated.svg".into(),
-        metrics: None,
-    };
-    let mut client = false;
-    let mut coordinator = None;
-    let mut index = None;
-    fn value<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T>
-    where
-        T::Err: std::fmt::Display,
-    {
-        let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
-        v.parse().map_err(|e| format!("{flag} {v}: {e}").into())
-    }
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--clients" => task.clients = value(&arg, args.next())?,
-            "--samples" => task.samples = value(&arg, args.next())?,
-            "--seed" => task.seed = value(&arg, args.next())?,
-            "--non-iid" => task.non_iid = true,
-            "--rounds" => options.rounds = value(&arg, args.next())?,
-            "--cohort" => options.cohort = Some(value(&arg, args.next())?),
-            "--transport" => {
-                options.transport = match args.next().as_deref() {
-                    Some("tcp") => Transport::Tcp,
-                    Some("quic") => Transport::Quic,
-                    _ => return Err("--transport takes tcp or quic".into()),
-                }
-            }
-            "--round-deadline-ms" => {
-                options.round_deadline = Duration::from_millis(value(&arg, args.next())?)
-            }
-            "--kill-client-after-round" => options.kill_after = Some(value(&arg, args.next())?),
-            "--plot" => options.plot = value(&arg, args.next())?,
-            "--metrics" => options.metrics = Some(value(&arg, args.next())?),
-            // Hidden: how the coordinator starts its clients.
-            "client" => client = true,
-            "--coordinator" => coordinator = Some(value::<Multiaddr>(&arg, args.next())?),
-            "--index" => index = Some(value::<usize>(&arg, args.next())?),
-            _ => return Err(format!("unexpected argument {arg:?}").into()),
-        }
-    }
-    if task.clients == 0 || task.samples < 4 * task.clients {
-        return Err("needs at least one client and four samples per client".into());
-    }
-    options.task = task.clone();
-    match (client, coordinator, index) {
-        (true, Some(address), Some(index)) if index < task.clients => {
-            Ok(Mode::Client(task, address, index, options.metrics))
-        }
-        (false, None, None) => Ok(Mode::Coordinator(options)),
-        _ => Err("a client takes client --coordinator <address> --index <i>".into()),
-    }
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -289,7 +168,8 @@ async fn client(
     std::io::stdout().flush()?;
     let (mut shards, _) = task.data();
     let shard = shards.swap_remove(index);
-    let make_node = Arc::new(Federation::new(&coordinator)).make_client(&key, shard);
+    let federation = Arc::new(Federation::new(&coordinator, task.features));
+    let make_node = federation.make_client(&key, shard);
     let mut swarm = build_swarm(key, make_node, metrics).await?;
     // The bootstrap's Announce waits for this connection: the `/p2p`
     // suffix tells the swarm which peer the dial is for.
@@ -313,6 +193,11 @@ async fn client(
             SwarmEvent::Behaviour(Event::Engine(EngineStep::OpFailed { error, .. })) => {
                 eprintln!("client {}: {}", index + 1, error.detail);
             }
+            SwarmEvent::Behaviour(Event::Engine(
+                step @ (EngineStep::WireReceiveFailed { .. } | EngineStep::WireDecodeFailed { .. }),
+            )) => {
+                eprintln!("client {}: a value was dropped: {step:?}", index + 1);
+            }
             SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => {
                 eprintln!(
                     "client {}: an envelope was not delivered: {reason}",
@@ -324,105 +209,14 @@ async fn client(
     }
 }
 
-/// The client processes, killed if still running when dropped.
-struct Clients {
-    children: Vec<Child>,
-    /// Their PeerIds, in start order.
-    peers: Vec<PeerId>,
-}
-
-impl Clients {
-    /// Starts `task.clients` copies of this program as clients of the
-    /// coordinator at `address`; returns once each has said who it is.
-    /// With `metrics`, client k serves its metrics on the port after it
-    /// plus k (or a free one, for port 0).
-    fn spawn(task: &Task, address: &Multiaddr, metrics: Option<SocketAddr>) -> Result<Self> {
-        let mut clients = Self {
-            children: Vec::new(),
-            peers: Vec::new(),
-        };
-        for index in 0..task.clients {
-            let mut command = Command::new(std::env::current_exe()?);
-            command
-                .args(["client", "--coordinator", &address.to_string()])
-                .args(["--index", &index.to_string()])
-                .args(task.args());
-            if let Some(mut at) = metrics {
-                if at.port() != 0 {
-                    at.set_port(at.port() + 1 + index as u16);
-                }
-                command.args(["--metrics", &at.to_string()]);
-            }
-            let child = command.stdout(Stdio::piped()).spawn()?;
-            clients.children.push(child);
-        }
-        for (index, child) in clients.children.iter_mut().enumerate() {
-            let mut line = String::new();
-            let stdout = child.stdout.take().expect("stdout is piped");
-            BufReader::new(stdout).read_line(&mut line)?;
-            let peer = line
-                .trim_end()
-                .strip_prefix("peer ")
-                .ok_or_else(|| format!("client {} printed {line:?}", index + 1))?;
-            clients.peers.push(peer.parse()?);
-        }
-        Ok(clients)
-    }
-
-    /// `client k`, numbered from 1 in start order.
-    fn name(&self, peer: &PeerId) -> String {
-        match self.peers.iter().position(|p| p == peer) {
-            Some(i) => format!("client {}", i + 1),
-            None => format!("unknown peer {peer}"),
-        }
-    }
-
-    /// Kills the last client; returns its name.
-    fn kill_last(&mut self) -> Result<String> {
-        let child = self.children.last_mut().ok_or("no client")?;
-        child.kill()?;
-        child.wait()?;
-        Ok(format!("client {}", self.children.len()))
-    }
-
-    /// Waits for every client to exit, at most until `timeout` has passed;
-    /// the ones still running are killed when `self` is dropped.
-    fn wait(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        for child in &mut self.children {
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-impl Drop for Clients {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            if let Ok(None) = child.try_wait() {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
-    }
-}
-
-/// One round's figures, for the curve.
-struct Point {
-    round: u64,
-    train_loss: Option<f32>,
-    test_loss: f32,
-    accuracy: f32,
-}
-
 /// The coordinator: starts the clients, waits for them to join, runs the
 /// rounds and reports.
 async fn coordinate(options: Options) -> Result<()> {
     let (shards, test) = options.task.data();
     let key = Keypair::generate_ed25519();
     let me = key.public().to_peer_id();
-    let federation = Arc::new(Federation::new(&me));
+    let features = options.task.features;
+    let federation = Arc::new(Federation::new(&me, features));
     let mut swarm = build_swarm(
         key.clone(),
         federation.make_coordinator(&key),
@@ -442,15 +236,23 @@ async fn coordinate(options: Options) -> Result<()> {
     join(&mut swarm, &node, &clients).await?;
 
     let cohort = options.cohort.unwrap_or(options.task.clients as u32);
-    let mut global = vec![0f32; ml::PARAMS];
+    let mut global = vec![0f32; features.params()];
     let mut curve = Vec::new();
     for number in 1..=options.rounds {
-        let report = run_round(&mut swarm, &node, &federation, number, &options, cohort).await?;
+        let (report, wire) =
+            run_round(&mut swarm, &node, &federation, number, &options, cohort).await?;
         if let Some(params) = &report.params {
             global.clone_from(params);
         }
-        let (test_loss, accuracy) = ml::evaluate(&global, &test);
-        print_round(&report, options.rounds, &clients, test_loss, accuracy);
+        let (test_loss, accuracy) = features.evaluate(&global, &test);
+        print_round(
+            &report,
+            &wire,
+            options.rounds,
+            &clients,
+            test_loss,
+            accuracy,
+        );
         curve.push(Point {
             round: number,
             train_loss: report.train_loss(),
@@ -482,7 +284,8 @@ async fn coordinate(options: Options) -> Result<()> {
     drop(swarm);
     clients.wait(EXIT_TIMEOUT);
 
-    let (_, centralized) = ml::evaluate(&ml::centralized(&shards, options.rounds as usize), &test);
+    let centralized_params = features.centralized(&shards, options.rounds as usize);
+    let (_, centralized) = features.evaluate(&centralized_params, &test);
     plot(&options.plot, &curve, centralized)?;
     println!(
         "on the wire, at the coordinator (all traffic passes through it): {} envelopes \
@@ -493,7 +296,7 @@ async fn coordinate(options: Options) -> Result<()> {
     println!("loss and accuracy curves: {}", options.plot.display());
     let final_accuracy = curve
         .last()
-        .map_or(ml::evaluate(&global, &test).1, |p| p.accuracy);
+        .map_or(features.evaluate(&global, &test).1, |p| p.accuracy);
     println!("final accuracy: {final_accuracy:.4}");
     println!("centralized accuracy: {centralized:.4}");
     Ok(())
@@ -546,35 +349,44 @@ async fn run_round(
     number: u64,
     options: &Options,
     cohort: u32,
-) -> Result<RoundReport> {
+) -> Result<(RoundReport, RoundWire)> {
     let bar = ProgressBar::new(cohort as u64).with_style(
         ProgressStyle::with_template("round {prefix} [{bar:24}] {pos}/{len} updates ({elapsed})")
             .expect("a valid template"),
     );
     bar.set_prefix(format!("{number}/{}", options.rounds));
     bar.enable_steady_tick(Duration::from_millis(100));
+    let mut meter = WireMeter::start(swarm.behaviour().wire_stats());
     let mut round = Round::start(node, federation, number, cohort, options.round_deadline).await?;
     let report = loop {
         if let Some(report) = round.step(node, federation, Instant::now()).await? {
             break report;
         }
-        let wake = tokio::time::Instant::from_std(round.wake_at());
-        if let Ok(SwarmEvent::Behaviour(event)) =
-            tokio::time::timeout_at(wake, swarm.select_next_some()).await
+        // Woken at least every SAMPLE, to see when updates start to arrive.
+        let wake = round.wake_at().min(Instant::now() + SAMPLE);
+        if let Ok(SwarmEvent::Behaviour(event)) = tokio::time::timeout_at(
+            tokio::time::Instant::from_std(wake),
+            swarm.select_next_some(),
+        )
+        .await
         {
+            meter.on_event(&event, Instant::now());
             round.on_event(&event);
         }
+        meter.sample(swarm.behaviour().wire_stats(), Instant::now());
         if let Some(cohort) = round.cohort() {
             bar.set_length(cohort.len() as u64);
         }
         bar.set_position(round.updates() as u64);
     };
     bar.finish_and_clear();
-    Ok(report)
+    let wire = meter.finish(swarm.behaviour().wire_stats(), report.cohort.len());
+    Ok((report, wire))
 }
 
 fn print_round(
     report: &RoundReport,
+    wire: &RoundWire,
     rounds: u64,
     clients: &Clients,
     test_loss: f32,
@@ -592,6 +404,7 @@ fn print_round(
         report.cohort.len(),
         report.duration.as_millis(),
     );
+    println!("round {:>2}/{rounds}: wire: {wire}", report.number);
     for (peer, why) in &report.missing {
         let why = match why {
             Missing::Unreachable(reason) => format!("unreachable ({reason})"),
@@ -615,83 +428,4 @@ fn print_round(
     for line in report.late.iter().chain(&report.errors) {
         eprintln!("round {:>2}/{rounds}: {line}", report.number);
     }
-}
-
-/// Writes the loss and accuracy curves to `path` (SVG).
-fn plot(path: &Path, curve: &[Point], centralized: f32) -> Result<()> {
-    use plotters::prelude::*;
-
-    let root = SVGBackend::new(path, (800, 600)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (top, bottom) = root.split_vertically(300);
-    let rounds = curve.last().map_or(1, |p| p.round).max(1);
-    let max_loss = curve
-        .iter()
-        .flat_map(|p| [p.test_loss, p.train_loss.unwrap_or(0.0)])
-        .fold(0.0f32, f32::max)
-        .max(0.1)
-        * 1.1;
-
-    let mut loss = ChartBuilder::on(&top)
-        .caption("federated averaging: loss", ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(1u64..rounds, 0f32..max_loss)?;
-    loss.configure_mesh()
-        .x_desc("round")
-        .y_desc("log loss")
-        .draw()?;
-    loss.draw_series(LineSeries::new(
-        curve.iter().map(|p| (p.round, p.test_loss)),
-        &BLUE,
-    ))?
-    .label("test loss")
-    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-    loss.draw_series(LineSeries::new(
-        curve.iter().filter_map(|p| Some((p.round, p.train_loss?))),
-        &RED,
-    ))?
-    .label("clients' training loss at the start of the round")
-    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
-    loss.configure_series_labels().border_style(BLACK).draw()?;
-
-    let low = curve
-        .iter()
-        .map(|p| p.accuracy)
-        .fold(centralized, f32::min)
-        .min(0.9)
-        - 0.05;
-    let mut accuracy = ChartBuilder::on(&bottom)
-        .caption("test accuracy", ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(1u64..rounds, low.max(0.0)..1f32)?;
-    accuracy
-        .configure_mesh()
-        .x_desc("round")
-        .y_desc("accuracy")
-        .draw()?;
-    accuracy
-        .draw_series(LineSeries::new(
-            curve.iter().map(|p| (p.round, p.accuracy)),
-            &BLUE,
-        ))?
-        .label("federated")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-    accuracy
-        .draw_series(LineSeries::new(
-            [(1, centralized), (rounds, centralized)],
-            &BLACK,
-        ))?
-        .label("centralized, after all rounds")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
-    accuracy
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
 }

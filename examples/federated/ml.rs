@@ -2,6 +2,10 @@
 //! task, logistic regression behind the engine's `Model` contract, a
 //! client's data shard behind its `DataSource` contract, and the host-side
 //! math the evaluation and the centralized baseline share with them.
+//!
+//! The model reads its samples one of two ways ([`Features`]): 32 dense
+//! features (33 parameters), or hashed feature crosses over millions of
+//! buckets (`hashed.rs`), the big model.
 #![allow(dead_code)]
 
 use bytesandbrains::bus::OpError;
@@ -10,6 +14,7 @@ use bytesandbrains::contracts::{DataSource, Model};
 use bytesandbrains::runtime::RuntimeResourceRef;
 use serde::{Deserialize, Serialize};
 
+use super::hashed;
 use super::registry::op_error;
 
 /// Features per sample.
@@ -41,32 +46,42 @@ impl Rng {
     }
 
     /// Uniform in (0, 1).
-    fn uniform(&mut self) -> f32 {
+    pub fn uniform(&mut self) -> f32 {
         ((self.next_u64() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
     }
 
     /// Standard normal (Box-Muller).
-    fn normal(&mut self) -> f32 {
+    pub fn normal(&mut self) -> f32 {
         let (u1, u2) = (self.uniform(), self.uniform());
         (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
     }
 
     /// Uniform in `0..n`.
-    fn below(&mut self, n: usize) -> usize {
+    pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize
     }
 }
 
-/// Samples, row-major (`FEATURES` values each), with 0/1 labels.
+/// Samples, row-major (`width` values each), with 0/1 labels.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Dataset {
-    /// Features, `FEATURES` per sample.
+    /// Features, `width` per sample.
     pub x: Vec<f32>,
     /// Labels, 0.0 or 1.0.
     pub y: Vec<f32>,
+    /// Values per sample.
+    pub width: usize,
 }
 
 impl Dataset {
+    /// No samples yet, of `width` values each.
+    pub fn new(width: usize) -> Self {
+        Self {
+            width,
+            ..Self::default()
+        }
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
         self.y.len()
@@ -77,18 +92,19 @@ impl Dataset {
         self.y.is_empty()
     }
 
-    fn push(&mut self, x: &[f32], y: f32) {
+    /// Adds a sample.
+    pub fn push(&mut self, x: &[f32], y: f32) {
         self.x.extend_from_slice(x);
         self.y.push(y);
     }
 
     fn row(&self, i: usize) -> &[f32] {
-        &self.x[i * FEATURES..(i + 1) * FEATURES]
+        &self.x[i * self.width..(i + 1) * self.width]
     }
 
     /// The samples at `indices`, in that order.
     fn pick(&self, indices: &[usize]) -> Dataset {
-        let mut out = Dataset::default();
+        let mut out = Dataset::new(self.width);
         for &i in indices {
             out.push(self.row(i), self.y[i]);
         }
@@ -97,7 +113,7 @@ impl Dataset {
 
     /// All of `parts`, concatenated.
     pub fn union(parts: &[Dataset]) -> Dataset {
-        let mut out = Dataset::default();
+        let mut out = Dataset::new(parts.first().map_or(0, |p| p.width));
         for part in parts {
             out.x.extend_from_slice(&part.x);
             out.y.extend_from_slice(&part.y);
@@ -128,7 +144,7 @@ pub fn synthetic_task(seed: u64, n_train: usize, n_test: usize) -> (Dataset, Dat
     let w_true: Vec<f32> = scale.iter().map(|s| rng.normal() / s).collect();
     let spread = (FEATURES as f32).sqrt();
     let draw = |n: usize, rng: &mut Rng| {
-        let mut data = Dataset::default();
+        let mut data = Dataset::new(FEATURES);
         let mut x = vec![0f32; FEATURES];
         while data.len() < n {
             for (v, s) in x.iter_mut().zip(&scale) {
@@ -187,11 +203,106 @@ fn sigmoid(z: f32) -> f32 {
     1.0 / (1.0 + (-z).exp())
 }
 
-/// The model's probability of label 1 for each sample of `x`.
-pub fn predict(params: &[f32], x: &[f32]) -> Vec<f32> {
-    x.chunks(FEATURES)
-        .map(|row| sigmoid(dot(row, &params[..FEATURES]) + params[FEATURES]))
-        .collect()
+/// How the model reads a sample, and so how many parameters it has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Features {
+    /// [`FEATURES`] dense features: [`PARAMS`] parameters.
+    #[default]
+    Dense,
+    /// Hashed feature crosses (`hashed.rs`): a weight per bucket, and the
+    /// bias.
+    Hashed {
+        /// Buckets the features hash to.
+        buckets: usize,
+    },
+}
+
+impl Features {
+    /// Parameters of the model.
+    pub fn params(self) -> usize {
+        match self {
+            Features::Dense => PARAMS,
+            Features::Hashed { buckets } => buckets + 1,
+        }
+    }
+
+    /// Values per sample.
+    pub fn width(self) -> usize {
+        match self {
+            Features::Dense => FEATURES,
+            Features::Hashed { .. } => hashed::WIDTH,
+        }
+    }
+
+    /// Step size of every gradient step.
+    pub fn learning_rate(self) -> f32 {
+        match self {
+            Features::Dense => LEARNING_RATE,
+            Features::Hashed { .. } => hashed::LEARNING_RATE,
+        }
+    }
+
+    /// The seeded task: `n_train` training and `n_test` held-out samples.
+    pub fn synthetic_task(self, seed: u64, n_train: usize, n_test: usize) -> (Dataset, Dataset) {
+        match self {
+            Features::Dense => synthetic_task(seed, n_train, n_test),
+            Features::Hashed { buckets } => hashed::synthetic_task(seed, n_train, n_test, buckets),
+        }
+    }
+
+    /// Whether `x` is whole samples this model can read.
+    pub fn reads(self, x: &[f32]) -> bool {
+        match self {
+            Features::Dense => x.len() % FEATURES == 0,
+            Features::Hashed { buckets } => hashed::fits(x, buckets),
+        }
+    }
+
+    /// The model's probability of label 1 for each sample of `x`.
+    pub fn predict(self, params: &[f32], x: &[f32]) -> Vec<f32> {
+        let logits = match self {
+            Features::Dense => x
+                .chunks(FEATURES)
+                .map(|row| dot(row, &params[..FEATURES]) + params[FEATURES])
+                .collect(),
+            Features::Hashed { .. } => hashed::logits(params, x),
+        };
+        logits.into_iter().map(sigmoid).collect()
+    }
+
+    /// One gradient step on `params`, from the inputs `x` and the logit
+    /// gradients `dz` of the same samples.
+    pub fn gradient_step(self, params: &mut [f32], x: &[f32], dz: &[f32]) {
+        let lr = self.learning_rate();
+        match self {
+            Features::Dense => dense_gradient_step(params, x, dz, lr),
+            Features::Hashed { .. } => hashed::gradient_step(params, x, dz, lr),
+        }
+    }
+
+    /// `steps` full-batch gradient steps on `data` from `params`: what the
+    /// client graph does with its shard each round, here on the host.
+    pub fn train(self, params: &mut [f32], data: &Dataset, steps: usize) {
+        for _ in 0..steps {
+            let p = self.predict(params, &data.x);
+            self.gradient_step(params, &data.x, &logit_gradient(&p, &data.y));
+        }
+    }
+
+    /// Test loss and accuracy of `params` on `data`.
+    pub fn evaluate(self, params: &[f32], data: &Dataset) -> (f32, f32) {
+        let p = self.predict(params, &data.x);
+        (log_loss(&p, &data.y), accuracy(&p, &data.y))
+    }
+
+    /// The centralized baseline: the same model trained in one process on
+    /// the union of the shards, with the steps a client takes over
+    /// `rounds` rounds.
+    pub fn centralized(self, shards: &[Dataset], rounds: usize) -> Vec<f32> {
+        let mut params = vec![0f32; self.params()];
+        self.train(&mut params, &Dataset::union(shards), rounds * LOCAL_STEPS);
+        params
+    }
 }
 
 /// Mean binary cross-entropy of predictions `p` against labels `y`.
@@ -219,9 +330,8 @@ pub fn logit_gradient(p: &[f32], y: &[f32]) -> Vec<f32> {
     p.iter().zip(y).map(|(p, y)| p - y).collect()
 }
 
-/// One gradient step on `params`, from the inputs `x` and the logit
-/// gradients `dz` of the same samples.
-pub fn gradient_step(params: &mut [f32], x: &[f32], dz: &[f32], lr: f32) {
+/// One gradient step of the dense model.
+fn dense_gradient_step(params: &mut [f32], x: &[f32], dz: &[f32], lr: f32) {
     let mut grad = vec![0f32; PARAMS];
     for (row, d) in x.chunks(FEATURES).zip(dz) {
         for (g, v) in grad.iter_mut().zip(row) {
@@ -235,41 +345,21 @@ pub fn gradient_step(params: &mut [f32], x: &[f32], dz: &[f32], lr: f32) {
     }
 }
 
-/// `steps` full-batch gradient steps on `data` from `params`: what the
-/// client graph does with its shard each round, here on the host.
-pub fn train(params: &mut [f32], data: &Dataset, steps: usize) {
-    for _ in 0..steps {
-        let p = predict(params, &data.x);
-        gradient_step(params, &data.x, &logit_gradient(&p, &data.y), LEARNING_RATE);
-    }
-}
-
-/// Test loss and accuracy of `params` on `data`.
-pub fn evaluate(params: &[f32], data: &Dataset) -> (f32, f32) {
-    let p = predict(params, &data.x);
-    (log_loss(&p, &data.y), accuracy(&p, &data.y))
-}
-
-/// The centralized baseline: the same model trained in one process on the
-/// union of the shards, with the steps and learning rate a client takes
-/// over `rounds` rounds.
-pub fn centralized(shards: &[Dataset], rounds: usize) -> Vec<f32> {
-    let mut params = vec![0f32; PARAMS];
-    train(&mut params, &Dataset::union(shards), rounds * LOCAL_STEPS);
-    params
-}
-
 /// Logistic regression behind the engine's `Model` contract.
 ///
 /// `forward` keeps its input; `backward` takes the logit gradients of the
 /// same samples and applies a gradient step itself, because the contract
 /// has no separate optimizer step or gradient accessor.
+///
+/// Its derived component is the dense model; for the hashed one the host
+/// sets [`LogReg::for_features`] after install (see
+/// `fed::Federation::client_node`).
 #[derive(Clone, Debug, Serialize, Deserialize, bytesandbrains::Concrete, bytesandbrains::Model)]
 pub struct LogReg {
     /// Weights, then the bias.
     pub params: Vec<f32>,
-    /// Step size of `backward`.
-    pub lr: f32,
+    /// How it reads a sample.
+    pub features: Features,
     /// The last `forward` input, for the next `backward`.
     #[serde(skip)]
     pub last_input: Vec<f32>,
@@ -277,9 +367,16 @@ pub struct LogReg {
 
 impl Default for LogReg {
     fn default() -> Self {
+        Self::for_features(Features::Dense)
+    }
+}
+
+impl LogReg {
+    /// The model for `features`, its parameters all zero.
+    pub fn for_features(features: Features) -> Self {
         Self {
-            params: vec![0.0; PARAMS],
-            lr: LEARNING_RATE,
+            params: vec![0.0; features.params()],
+            features,
             last_input: Vec::new(),
         }
     }
@@ -295,14 +392,16 @@ impl Model for LogReg {
         input: &[f32],
         _done: CompletionHandle<Box<[f32]>, OpError>,
     ) -> ContractResponse<Box<[f32]>, OpError> {
-        if input.len() % FEATURES != 0 {
+        if !self.features.reads(input) {
             return ContractResponse::Now(Err(op_error(format!(
-                "LogReg::forward: {} values are not rows of {FEATURES}",
-                input.len()
+                "LogReg::forward: {} values are not samples of {:?}",
+                input.len(),
+                self.features
             ))));
         }
         self.last_input = input.to_vec();
-        ContractResponse::Now(Ok(predict(&self.params, input).into_boxed_slice()))
+        let p = self.features.predict(&self.params, input);
+        ContractResponse::Now(Ok(p.into_boxed_slice()))
     }
 
     fn load_parameters(
@@ -311,10 +410,11 @@ impl Model for LogReg {
         params: &[f32],
         _done: CompletionHandle<(), OpError>,
     ) -> ContractResponse<(), OpError> {
-        if params.len() != PARAMS {
+        if params.len() != self.params.len() {
             return ContractResponse::Now(Err(op_error(format!(
-                "LogReg::load_parameters: {} values, expected {PARAMS}",
-                params.len()
+                "LogReg::load_parameters: {} values, expected {}",
+                params.len(),
+                self.params.len()
             ))));
         }
         self.params = params.to_vec();
@@ -327,13 +427,13 @@ impl Model for LogReg {
         dz: &[f32],
         _done: CompletionHandle<(), OpError>,
     ) -> ContractResponse<(), OpError> {
-        if dz.len() * FEATURES != self.last_input.len() {
+        if dz.len() * self.features.width() != self.last_input.len() {
             return ContractResponse::Now(Err(op_error(
                 "LogReg::backward: gradients do not match the last forward",
             )));
         }
         let x = std::mem::take(&mut self.last_input);
-        gradient_step(&mut self.params, &x, dz, self.lr);
+        self.features.gradient_step(&mut self.params, &x, dz);
         ContractResponse::Now(Ok(()))
     }
 

@@ -14,7 +14,9 @@ use bb_runtime::engine::EngineStep;
 use bytesandbrains::aggregators::fedavg::FedAvgMeta;
 use bytesandbrains::PeerId;
 
-use super::fed::{Federation, RoundCmd, UpdateInfo, LATE_UPDATE};
+use super::fed::Federation;
+use super::messages::{RoundCmd, UpdateInfo};
+use super::ops::LATE_UPDATE;
 
 /// How long the host waits for the aggregate after closing a round: it is
 /// computed locally, in the next engine cycle.
@@ -200,6 +202,9 @@ impl Round {
                     self.errors.push(error.detail.clone());
                 }
             }
+            Event::Engine(
+                step @ (EngineStep::WireReceiveFailed { .. } | EngineStep::WireDecodeFailed { .. }),
+            ) => self.errors.push(format!("a value was dropped: {step:?}")),
             _ => {}
         }
     }
