@@ -43,6 +43,10 @@ type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
 #[path = "common/node.rs"]
 mod node;
+#[path = "common/rss.rs"]
+mod rss;
+
+use rss::peak_rss;
 
 /// The raw baseline's protocol.
 const RAW: StreamProtocol = StreamProtocol::new("/bb-libp2p-example/raw-transfer/1");
@@ -154,20 +158,6 @@ fn swarm(model: ModelProto, target: &str, max_value: usize) -> Result<Swarm<Both
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
         .build())
-}
-
-/// This process's peak resident set, from `/proc/self/status`.
-fn peak_rss() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or("n/a".into(), |kib| {
-            format!("{:.1} MiB", kib as f64 / 1024.0)
-        })
 }
 
 /// A receiver: prints its address, takes values and raw streams, and on

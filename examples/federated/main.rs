@@ -59,6 +59,8 @@ mod options;
 mod plot;
 mod registry;
 mod round;
+#[path = "../common/rss.rs"]
+mod rss;
 mod wire;
 
 use std::error::Error;
@@ -184,7 +186,12 @@ async fn client(
                 peer_id,
                 num_established: 0,
                 ..
-            } if peer_id == coordinator => return Ok(()),
+            } if peer_id == coordinator => {
+                // One write, so the clients' lines do not interleave.
+                let line = format!("client {}: peak RSS {}\n", index + 1, rss::peak_rss());
+                let _ = std::io::stderr().write_all(line.as_bytes());
+                return Ok(());
+            }
             SwarmEvent::OutgoingConnectionError { error, .. } if !connected => {
                 return Err(
                     format!("client {}: could not dial {address}: {error}", index + 1).into(),
@@ -297,6 +304,7 @@ async fn coordinate(options: Options) -> Result<()> {
     let final_accuracy = curve
         .last()
         .map_or(features.evaluate(&global, &test).1, |p| p.accuracy);
+    println!("coordinator: peak RSS {}", rss::peak_rss());
     println!("final accuracy: {final_accuracy:.4}");
     println!("centralized accuracy: {centralized:.4}");
     Ok(())
@@ -380,7 +388,7 @@ async fn run_round(
         bar.set_position(round.updates() as u64);
     };
     bar.finish_and_clear();
-    let wire = meter.finish(swarm.behaviour().wire_stats(), report.cohort.len());
+    let wire = meter.finish(swarm.behaviour().wire_stats(), &report.cohort);
     Ok((report, wire))
 }
 

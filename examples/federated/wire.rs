@@ -1,18 +1,22 @@
 //! What one round put on the wire and took off it, as the coordinator sees
 //! it: the parameters going out to the cohort, and the updates coming back.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use bb_libp2p::{Event, WireStats};
+use libp2p::PeerId;
 
 /// Watches one round at the coordinator: its behaviour's events, and its
 /// [`WireStats`] sampled as the round runs.
 pub struct WireMeter {
     started: Instant,
     at_start: WireStats,
-    /// When each envelope the coordinator sent was acknowledged.
-    acknowledged: Vec<Instant>,
+    /// When each peer last acknowledged an envelope of the coordinator's:
+    /// during a round, the last one a client acknowledges is its
+    /// parameters (the first round's may follow the registry's answer).
+    acknowledged: HashMap<PeerId, Instant>,
     /// When the first bytes of an update arrived.
     first_in: Option<Instant>,
     /// When the last update was taken.
@@ -26,7 +30,7 @@ impl WireMeter {
         Self {
             started: Instant::now(),
             at_start: stats,
-            acknowledged: Vec::new(),
+            acknowledged: HashMap::new(),
             first_in: None,
             last_update: None,
         }
@@ -35,7 +39,9 @@ impl WireMeter {
     /// Takes one event of the coordinator's behaviour, seen at `now`.
     pub fn on_event(&mut self, event: &Event, now: Instant) {
         match event {
-            Event::EnvelopeAcknowledged { .. } => self.acknowledged.push(now),
+            Event::EnvelopeAcknowledged { peer, .. } => {
+                self.acknowledged.insert(*peer, now);
+            }
             Event::AppEvent { topic, .. } if topic == "update_info" => self.last_update = Some(now),
             _ => {}
         }
@@ -51,15 +57,17 @@ impl WireMeter {
     }
 
     /// The round's figures, from the behaviour's `stats` at its end; the
-    /// parameters went to `cohort` clients.
-    pub fn finish(self, stats: WireStats, cohort: usize) -> RoundWire {
-        let out_done = (cohort > 0)
-            .then(|| self.acknowledged.get(cohort - 1))
-            .flatten();
+    /// parameters went to the clients of `cohort`.
+    pub fn finish(self, stats: WireStats, cohort: &[PeerId]) -> RoundWire {
+        let out_done = cohort
+            .iter()
+            .map(|peer| self.acknowledged.get(peer).copied())
+            .collect::<Option<Vec<Instant>>>()
+            .and_then(|times| times.into_iter().max());
         RoundWire {
             out_bytes: stats.bytes_sent - self.at_start.bytes_sent,
             in_bytes: stats.bytes_received - self.at_start.bytes_received,
-            out_time: out_done.map(|at| *at - self.started),
+            out_time: out_done.map(|at| at - self.started),
             in_time: self
                 .first_in
                 .zip(self.last_update)
