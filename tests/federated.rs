@@ -149,6 +149,25 @@ impl Federated {
         }
     }
 
+    /// Checks that the test `losses` fell round over round and that the
+    /// final `accuracy` after `rounds` rounds is within 0.02 of the same
+    /// model trained on the union of the shards; returns the latter.
+    fn learned(&self, losses: &[f32], accuracy: f32, rounds: u64) -> f32 {
+        assert!(
+            losses.windows(2).all(|w| w[1] < w[0]),
+            "the test loss falls round over round: {losses:?}"
+        );
+        let (_, centralized) = self.features.evaluate(
+            &self.features.centralized(&self.shards, rounds as usize),
+            &self.test,
+        );
+        assert!(
+            (accuracy - centralized).abs() <= 0.02,
+            "federated {accuracy}, centralized {centralized}"
+        );
+        centralized
+    }
+
     fn samples(&self, clients: &[PeerId]) -> u64 {
         let index = |c: &PeerId| self.clients.iter().position(|p| p == c).unwrap();
         clients
@@ -197,20 +216,8 @@ async fn federated_averaging_learns_over_libp2p() {
         losses.push(loss);
         accuracy = acc;
     }
-    assert!(
-        losses.windows(2).all(|w| w[1] < w[0]),
-        "the test loss falls round over round: {losses:?}"
-    );
     assert!(accuracy >= 0.90, "final accuracy {accuracy}");
-    let features = federated.features;
-    let (_, centralized) = features.evaluate(
-        &features.centralized(&federated.shards, ROUNDS as usize),
-        &federated.test,
-    );
-    assert!(
-        (accuracy - centralized).abs() <= 0.02,
-        "federated {accuracy}, centralized {centralized}"
-    );
+    federated.learned(&losses, accuracy, ROUNDS);
     eprintln!("{ROUNDS} rounds in {} ms", started.elapsed().as_millis());
 }
 
@@ -264,18 +271,7 @@ async fn a_big_model_goes_to_every_client_from_one_buffer_and_learns() {
         held < param_bytes,
         "the coordinator's engine still holds {held} bytes of updates"
     );
-    assert!(
-        losses.windows(2).all(|w| w[1] < w[0]),
-        "the test loss falls round over round: {losses:?}"
-    );
-    let (_, centralized) = features.evaluate(
-        &features.centralized(&federated.shards, ROUNDS as usize),
-        &federated.test,
-    );
-    assert!(
-        (accuracy - centralized).abs() <= 0.02,
-        "federated {accuracy}, centralized {centralized}"
-    );
+    let centralized = federated.learned(&losses, accuracy, ROUNDS);
     eprintln!(
         "{ROUNDS} rounds of the big model in {} ms, final accuracy {accuracy:.4} \
          (centralized {centralized:.4})",

@@ -98,15 +98,12 @@ fn push_op(
     outs: &[(&str, &'static TypeNode)],
     class: Option<&str>,
 ) -> Vec<Output> {
+    let metadata_props = class
+        .map(|c| vec![entry(bb_ir::peer_class::PEER_CLASS_KEY, c)])
+        .unwrap_or_default();
     g.push_node(NodeProto {
-        op_type: op_type.into(),
-        domain: FED_DOMAIN.into(),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: outs.iter().map(|(n, _)| n.to_string()).collect(),
-        metadata_props: class
-            .map(|c| vec![entry(bb_ir::peer_class::PEER_CLASS_KEY, c)])
-            .unwrap_or_default(),
-        ..Default::default()
+        metadata_props,
+        ..op_node(op_type, inputs, outs)
     });
     declare(g, outs)
 }
@@ -120,14 +117,21 @@ fn push_op_with(
     attribute: Vec<AttributeProto>,
 ) -> Vec<Output> {
     g.push_node(NodeProto {
+        attribute,
+        ..op_node(op_type, inputs, outs)
+    });
+    declare(g, outs)
+}
+
+/// One of this file's ops, reading `inputs` and writing `outs`.
+fn op_node(op_type: &str, inputs: &[&str], outs: &[(&str, &'static TypeNode)]) -> NodeProto {
+    NodeProto {
         op_type: op_type.into(),
         domain: FED_DOMAIN.into(),
         input: inputs.iter().map(|s| s.to_string()).collect(),
         output: outs.iter().map(|(n, _)| n.to_string()).collect(),
-        attribute,
         ..Default::default()
-    });
-    declare(g, outs)
+    }
 }
 
 /// Pushes a role op of a bound component: like the DSL's `ModelSlot::params`
