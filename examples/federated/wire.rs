@@ -102,7 +102,11 @@ fn size(bytes: u64) -> String {
 
 /// A time, or `-` for none.
 fn time(time: Option<Duration>) -> String {
-    time.map_or("-".into(), |t| format!("{:.2} s", t.as_secs_f64()))
+    match time {
+        None => "-".into(),
+        Some(t) if t < Duration::from_secs(1) => format!("{} ms", t.as_millis()),
+        Some(t) => format!("{:.2} s", t.as_secs_f64()),
+    }
 }
 
 impl fmt::Display for RoundWire {
