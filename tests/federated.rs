@@ -47,7 +47,7 @@ struct Federated {
     shards: Vec<Dataset>,
     test: Dataset,
     /// The most transfers the coordinator had under way at once during
-    /// the last round, and the distinct payload bytes they held then.
+    /// the last round, and the most distinct payload bytes they held.
     most_sending: (usize, usize),
 }
 
@@ -140,7 +140,8 @@ impl Federated {
             })
             .await;
             let sending = self.swarms[0].behaviour().transfers_sending();
-            self.most_sending = self.most_sending.max(sending);
+            self.most_sending.0 = self.most_sending.0.max(sending.0);
+            self.most_sending.1 = self.most_sending.1.max(sending.1);
             let step = round.step(&self.coordinator, &self.federation, Instant::now());
             if let Some(report) = step.await.unwrap() {
                 return report;

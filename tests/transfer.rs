@@ -318,9 +318,7 @@ async fn a_value_sent_to_ten_peers_is_held_once() {
         },
         |s| {
             let (transfers, bytes) = s[0].behaviour().transfers_sending();
-            if transfers > most.0 {
-                most = (transfers, bytes);
-            }
+            most = (most.0.max(transfers), most.1.max(bytes));
             acked.get() == PEERS && outputs.borrow().len() == PEERS
         },
     )

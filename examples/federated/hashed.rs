@@ -11,7 +11,7 @@
 //!
 //! A sample travels to the Model as [`WIDTH`] `f32`s: each feature's bucket
 //! split in two exact halves (`bucket >> 12`, `bucket & 0xfff`), since an
-//! `f32` holds integers exactly only up to 2^24.
+//! `f32` holds integers exactly only up to 2^24: exact below 2^36 buckets.
 
 #![allow(dead_code)]
 
@@ -27,8 +27,6 @@ pub const FEATURES_PER_SAMPLE: usize = FIELDS + FIELDS * (FIELDS - 1) / 2;
 pub const WIDTH: usize = 2 * FEATURES_PER_SAMPLE;
 /// Buckets by default: 2^25 weights, a parameter vector of 128 MiB.
 pub const DEFAULT_BUCKETS: usize = 1 << 25;
-/// The most buckets a row's two halves can name.
-pub const MAX_BUCKETS: usize = 1 << 36;
 /// Learning rate of every gradient step: each feature is in a small share
 /// of the samples, so its full-batch gradient is small.
 pub const LEARNING_RATE: f32 = 6.0;

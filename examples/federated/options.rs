@@ -11,6 +11,11 @@ use super::hashed;
 use super::ml::{self, Dataset, Features};
 use super::Result;
 
+/// The most buckets `--buckets` takes: a parameter vector within the
+/// behaviour's default largest value (1 GiB), with room for the message
+/// around it.
+const MAX_BUCKETS: usize = (1 << 28) - 1024;
+
 /// What the program says when its arguments are wrong.
 pub const USAGE: &str =
     "usage: federated [--clients N] [--rounds R] [--cohort M] [--transport tcp|quic]
@@ -191,8 +196,8 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode> {
         (false, Some(_)) => return Err("--buckets goes with --model hashed".into()),
         (true, buckets) => {
             let buckets = buckets.unwrap_or(hashed::DEFAULT_BUCKETS);
-            if !(1..=hashed::MAX_BUCKETS).contains(&buckets) {
-                return Err(format!("--buckets takes 1 to {}", hashed::MAX_BUCKETS).into());
+            if !(1..=MAX_BUCKETS).contains(&buckets) {
+                return Err(format!("--buckets takes 1 to {MAX_BUCKETS}").into());
             }
             Features::Hashed { buckets }
         }

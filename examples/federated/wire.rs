@@ -79,9 +79,10 @@ impl WireMeter {
 /// One round on the wire, at the coordinator.
 #[derive(Clone, Copy, Debug)]
 pub struct RoundWire {
-    /// Envelope bytes sent: the parameters, to each client of the cohort.
+    /// Envelope bytes sent: the parameters, to each client of the cohort
+    /// (and any other envelope of the round, each attempt counted).
     pub out_bytes: u64,
-    /// Envelope bytes received: the updates.
+    /// Envelope bytes received: the updates (and any other envelope).
     pub in_bytes: u64,
     /// From the round's start until every client of the cohort had
     /// acknowledged its parameters (`None` if one never did).

@@ -32,6 +32,8 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::OnceLock;
 
 use bb_ir::proto::onnx::NodeProto;
 use bb_runtime::atomic::DispatchResult;
@@ -46,8 +48,13 @@ use super::dispatch;
 use super::sites::is_wire;
 use crate::transfer::plan::Payload;
 
-/// What a mark starts with; the payload's number follows, eight bytes.
-const MARK: [u8; 8] = *b"bb-bulk\0";
+/// What a mark starts with: eight bytes drawn at random once per process,
+/// so that no value a peer sends (and a graph forwards) can pass for a
+/// mark. The payload's number follows, eight bytes.
+fn mark() -> [u8; 8] {
+    static MARK: OnceLock<[u8; 8]> = OnceLock::new();
+    *MARK.get_or_init(|| RandomState::new().hash_one("bb-bulk").to_le_bytes())
+}
 
 thread_local! {
     /// Payloads kept aside on this engine thread since its host last took
@@ -65,7 +72,7 @@ pub(crate) fn take_shared(envelope: &mut WireEnvelope) -> Vec<Option<Payload>> {
             .fills
             .iter_mut()
             .map(|fill| {
-                let number = fill.payload.strip_prefix(&MARK)?.try_into().ok()?;
+                let number = fill.payload.strip_prefix(&mark())?.try_into().ok()?;
                 let payload = held.get(&u64::from_le_bytes(number))?.clone();
                 fill.payload = Vec::new();
                 Some(payload)
@@ -96,7 +103,7 @@ fn keep(payload: Payload) -> Vec<u8> {
         let (next, held) = &mut *shared.borrow_mut();
         *next += 1;
         held.insert(*next, payload);
-        [MARK, next.to_le_bytes()].concat()
+        [mark(), next.to_le_bytes()].concat()
     })
 }
 
@@ -158,21 +165,25 @@ impl SlotValue for Encoded {
     }
 }
 
-/// Whether `wire.Send` input `name` holding `value` is left as it is: an
-/// input that addresses the envelopes (the names the engine's Send skips,
-/// and peer lists), or a byte value too small to keep aside.
-fn left_alone(name: &str, value: &dyn SlotValue) -> bool {
+/// Whether `wire.Send` input `index`, `name`, holding `value`, is left as
+/// it is: an input that addresses the envelopes (the names the engine's
+/// Send skips, and peer lists: typed, or as bytes in the second place,
+/// where the engine looks for them), or a byte value too small to keep
+/// aside.
+fn left_alone(index: usize, name: &str, value: &dyn SlotValue) -> bool {
     let addresses = name.ends_with("_suffix")
         || matches!(
             name,
             "dest" | "dest_peer" | "peer" | "peers" | "peer_id" | "req_id"
         );
     let value = value.as_any();
+    let bytes = value.downcast_ref::<BytesValue>();
     addresses
         || value.is::<PeerIdVecValue>()
-        || value
-            .downcast_ref::<BytesValue>()
-            .is_some_and(|bytes| bytes.0.len() < BULK_FROM)
+        || bytes.is_some_and(|bytes| {
+            bytes.0.len() < BULK_FROM
+                || (index == 1 && bincode::deserialize::<PeerIdVecValue>(&bytes.0).is_ok())
+        })
 }
 
 /// `value` encoded, and kept aside behind a mark if large. `None` if it
@@ -201,14 +212,20 @@ fn encoding_in_bulk(
 ) -> Result<DispatchResult, OpError> {
     let send = dispatch::original(WRAPPER, node)?;
     // Sends of small byte values (most of them): no allocation.
-    if inputs.iter().all(|(name, value)| left_alone(name, *value)) {
+    let alone = |index, (name, value): &(&str, &dyn SlotValue)| left_alone(index, name, *value);
+    if inputs
+        .iter()
+        .enumerate()
+        .all(|(index, input)| alone(index, input))
+    {
         return send(node, inputs, ctx);
     }
     let encoded: Vec<Option<Encoded>> = inputs
         .iter()
-        .map(|(name, value)| match left_alone(name, *value) {
+        .enumerate()
+        .map(|(index, input)| match alone(index, input) {
             true => None,
-            false => encoded(*value),
+            false => encoded(input.1),
         })
         .collect();
     let inputs: Vec<(&str, &dyn SlotValue)> = inputs
@@ -236,5 +253,25 @@ mod tests {
         }
         assert_eq!(decode(&[1, 0, 0, 0, 0, 0, 0, 0]), None);
         assert_eq!(decode(&[1, 0]), None);
+    }
+
+    #[test]
+    fn what_addresses_an_envelope_is_left_alone() {
+        let peers: Vec<_> = (0..2000)
+            .map(|_| crate::peer::to_engine_peer(&libp2p::PeerId::random()))
+            .collect();
+        let typed = PeerIdVecValue(peers);
+        let as_bytes = BytesValue(bincode::serialize(&typed).unwrap());
+        assert!(as_bytes.0.len() >= BULK_FROM);
+        let large = BytesValue(vec![7; BULK_FROM]);
+        // Peer lists, typed anywhere or as bytes where the engine looks.
+        assert!(left_alone(2, "to", &typed));
+        assert!(left_alone(1, "to", &as_bytes));
+        assert!(left_alone(0, "peers", &large));
+        assert!(left_alone(0, "x_suffix", &large));
+        // Values.
+        assert!(!left_alone(0, "x", &large));
+        assert!(!left_alone(1, "x", &large));
+        assert!(left_alone(0, "x", &BytesValue(vec![7; BULK_FROM - 1])));
     }
 }
