@@ -216,13 +216,16 @@ impl Outbound {
     }
 
     /// Sends `envelope` to `peer` now, or queues it.
-    /// An envelope with a `plan` crosses as a transfer.
+    /// An envelope with a `plan` crosses as a transfer. One an earlier
+    /// process may have `delivered` (a snapshot carried it) ends as
+    /// unconfirmed rather than "not sent" if it fails.
     pub(crate) fn send(
         &mut self,
         link: &mut Link<'_>,
         peer: PeerId,
         envelope: WireEnvelope,
         plan: Option<Plan>,
+        delivered: bool,
     ) {
         let wire_req_id = envelope.correlation.as_ref().map(|c| c.wire_req_id);
         let size = plan
@@ -246,6 +249,7 @@ impl Outbound {
         let span = tracing::debug_span!("envelope", %peer, wire_req_id, size);
         let mut outgoing = Outgoing::new(peer, wire_req_id, Arc::new(envelope), span);
         outgoing.plan = plan.map(Arc::new);
+        outgoing.maybe_delivered = delivered;
         if let Some(refusal) = link.refusal(&peer) {
             return self.end(outgoing, refusal);
         }

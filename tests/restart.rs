@@ -120,6 +120,77 @@ async fn unacknowledged_envelopes_survive_a_restart_and_arrive_once() {
     assert_eq!(fourth, bytes_value(&[4; 4]));
 }
 
+/// A restarted sender that cannot reach the peer again reports the
+/// envelopes its snapshot carried as unconfirmed, never as "not sent": the
+/// first had reached the peer, its acknowledgement lost with the process.
+#[tokio::test(flavor = "current_thread")]
+async fn carried_envelopes_that_fail_again_are_unconfirmed() {
+    let (model, targets) = compile(Ping);
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let config = || {
+        Config::default()
+            .with_max_envelopes_in_flight(1)
+            .with_wire_deadlines(false)
+    };
+    let mut a = memory_swarm(
+        ka.clone(),
+        bb_behaviour(&ka, &model, &[&targets[0]], config()),
+    );
+    let mut b = memory_swarm(
+        kb.clone(),
+        bb_behaviour(&kb, &model, &[&targets[1]], Config::default()),
+    );
+    let pb = *b.local_peer_id();
+    connect(&mut a, &mut b).await;
+    for n in 1..=2u8 {
+        send_value(&a.behaviour().handle(), &targets[0], pb, &[n; 4]);
+    }
+    run_for(&mut [&mut a], Duration::from_millis(20), |_, _| {}).await;
+    // B takes the first value; A stops before it hears so.
+    until(
+        &mut [&mut b],
+        Duration::from_secs(5),
+        "the first value",
+        |_, e| matches!(e, SwarmEvent::Behaviour(Event::AppEvent { .. })).then_some(()),
+    )
+    .await;
+    let snapshot = a.behaviour().snapshot().await.expect("snapshot");
+    drop(a);
+
+    // Restarted where no address for B is known: the dial finds none.
+    let (key, restarted_model, target) = (ka.clone(), model.clone(), targets[0].clone());
+    let restarted = Behaviour::new(
+        move || {
+            let mut node = install(&key, &restarted_model, &[&target]);
+            Behaviour::restore(&mut node, snapshot).map(|()| node)
+        },
+        config(),
+    )
+    .expect("restore");
+    let mut a = memory_swarm(ka.clone(), restarted);
+    let mut failures = Vec::new();
+    until(
+        &mut [&mut a],
+        Duration::from_secs(5),
+        "both carried envelopes to fail",
+        |_, e| {
+            match e {
+                SwarmEvent::Behaviour(Event::SendFailed { reason, .. }) => failures.push(reason),
+                SwarmEvent::Behaviour(Event::EnvelopeAcknowledged { .. }) => {
+                    panic!("acknowledged without a connection")
+                }
+                _ => {}
+            }
+            (failures.len() == 2).then_some(())
+        },
+    )
+    .await;
+    for reason in &failures {
+        assert_eq!(reason.label(), "unconfirmed", "{reason}");
+        assert!(reason.may_have_been_delivered());
+    }
+}
+
 /// bb-runtime 0.3.8's own `Node::restore` leaves a Node that takes invokes
 /// and runs nothing (see `Behaviour::restore`). When this fails, upstream
 /// has fixed it and `Behaviour::restore` can restore the snapshot's graphs.

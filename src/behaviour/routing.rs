@@ -28,7 +28,7 @@ impl Behaviour {
     /// Routes one step of the engine.
     pub(super) fn on_engine(&mut self, output: FromEngine) {
         match output {
-            FromEngine::Send(envelope, plan) => self.send(envelope, plan),
+            FromEngine::Send(envelope, plan, carried) => self.send(envelope, plan, carried),
             FromEngine::App(app) => self.report(Event::AppEvent {
                 sender: app.sender,
                 topic: app.topic,
@@ -84,7 +84,9 @@ impl Behaviour {
         self.report(event);
     }
 
-    pub(super) fn send(&mut self, envelope: WireEnvelope, plan: Option<Plan>) {
+    /// Sends `envelope` (a transfer, with a `plan`); `carried` says a
+    /// snapshot carried it, so an earlier process may have delivered it.
+    pub(super) fn send(&mut self, envelope: WireEnvelope, plan: Option<Plan>, carried: bool) {
         let wire_req_id = envelope.correlation.as_ref().map(|c| c.wire_req_id);
         let Some(peer) = envelope
             .dest_peer_addresses
@@ -107,7 +109,7 @@ impl Behaviour {
             };
         }
         let (outbound, mut link) = self.outbound_and_link();
-        outbound.send(&mut link, peer, envelope, plan);
+        outbound.send(&mut link, peer, envelope, plan, carried);
     }
 
     pub(super) fn on_outcome(&mut self, outcome: Outcome) {

@@ -54,6 +54,7 @@ use bb_runtime::snapshot::NodeSnapshot;
 pub(crate) fn restore(node: &mut Node, mut snapshot: NodeSnapshot) -> Result<(), RestoreError> {
     snapshot.graphs.clear();
     let taken = dedup::Taken::take_from(&mut snapshot);
+    crate::engine::carried::Carried::take_from(&mut snapshot);
     node.restore(snapshot)?;
     taken.put_back(node);
     Ok(())

@@ -33,6 +33,7 @@ use futures::{SinkExt, StreamExt};
 use libp2p::PeerId;
 use prost::Message;
 
+use super::carried::Carried;
 use super::delivery::Delivery;
 use super::lane::{Closed, LaneRx, LaneTx};
 use super::message::{FromEngine, HealthRecord, Policy, ToEngine};
@@ -162,6 +163,8 @@ pub(crate) struct Host {
     node: Node,
     /// The keys the Node's receive dedup gate took, for its snapshots.
     taken: dedup::Taken,
+    /// The envelopes a restore's snapshot carried, still to hand over.
+    carried: Carried,
     clock: Clock,
     pruner: Pruner,
     sites: Sites,
@@ -228,6 +231,7 @@ impl Host {
         let mut host = Self {
             node,
             taken,
+            carried: Carried::restored(),
             clock,
             pruner: Pruner::default(),
             sites,
@@ -286,8 +290,8 @@ impl Host {
             .pending
             .iter()
             .filter_map(|m| match m {
-                FromEngine::Send(envelope, None) => Some(envelope.clone()),
-                FromEngine::Send(hollow, Some(plan)) => Some(plan.rehydrate(hollow)),
+                FromEngine::Send(envelope, None, _) => Some(envelope.clone()),
+                FromEngine::Send(hollow, Some(plan), _) => Some(plan.rehydrate(hollow)),
                 _ => None,
             })
             .collect();
@@ -299,11 +303,13 @@ impl Host {
             return Err(SnapshotFailed::TooManyUnacknowledged { held, cap });
         }
         let before = queue.drain_all();
+        let carried = unacknowledged.clone();
         for envelope in before.iter().cloned().chain(unacknowledged) {
             queue.push(envelope);
         }
         let snapshot = self.node.snapshot().map(|mut snapshot| {
             self.taken.save(&mut snapshot);
+            Carried::save(&carried, &mut snapshot);
             snapshot
         });
         let snapshot = snapshot.map_err(SnapshotFailed::Engine);
@@ -391,6 +397,7 @@ impl Host {
                 }));
             }
             EngineStep::SendEnvelope(mut envelope) => {
+                let carried = self.carried.was_carried(&envelope);
                 self.sites.outbound(&mut envelope);
                 if let Some(c) = envelope.correlation.as_ref() {
                     let engine = self.node.engine_install_handle();
@@ -406,7 +413,8 @@ impl Host {
                     bulk::put_back(&mut envelope, shared);
                     None
                 };
-                self.pending.push_back(FromEngine::Send(envelope, plan));
+                self.pending
+                    .push_back(FromEngine::Send(envelope, plan, carried));
             }
             EngineStep::OpCompleted { .. } | EngineStep::AsyncSuspended { .. }
                 if !self.links.emit_op_steps => {}

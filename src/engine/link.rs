@@ -79,8 +79,8 @@ impl EngineLink {
     pub(crate) fn waiting_envelopes(&self) -> Vec<WireEnvelope> {
         let mut envelopes = Vec::new();
         let mut take = |step: &FromEngine| match step {
-            FromEngine::Send(envelope, None) => envelopes.push(envelope.clone()),
-            FromEngine::Send(hollow, Some(plan)) => envelopes.push(plan.rehydrate(hollow)),
+            FromEngine::Send(envelope, None, _) => envelopes.push(envelope.clone()),
+            FromEngine::Send(hollow, Some(plan), _) => envelopes.push(plan.rehydrate(hollow)),
             _ => {}
         };
         self.received.iter().for_each(&mut take);

@@ -53,8 +53,9 @@ pub(crate) enum HealthRecord {
 pub(crate) enum FromEngine {
     /// An envelope to put on the wire, its data-plane fills already
     /// rewritten for the receiver, with its transfer plan when it is too
-    /// large for one frame.
-    Send(WireEnvelope, Option<Plan>),
+    /// large for one frame, and whether a snapshot carried it (an earlier
+    /// process may have delivered it).
+    Send(WireEnvelope, Option<Plan>, bool),
     /// A value the Node published, with its sender.
     App(AppEvent),
     /// Any other step, reported as an event.

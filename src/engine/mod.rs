@@ -18,6 +18,7 @@
 //! no new envelopes from the engine while its own control messages wait.
 
 pub(crate) mod caps;
+pub(crate) mod carried;
 pub(crate) mod delivery;
 pub(crate) mod handle;
 pub(crate) mod host;

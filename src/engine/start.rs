@@ -10,6 +10,7 @@ use bb_runtime::node::Node;
 use futures::channel::{mpsc, oneshot};
 use futures::executor::block_on;
 
+use super::carried::Carried;
 use super::host::{Host, HostStats, Init, Job, Links, Sizes};
 use super::lane::lane;
 use super::link::EngineLink;
@@ -67,15 +68,18 @@ where
         Box::pin(async move {
             // Keys a restore leaves are for this Node's host alone.
             Taken::forget_restored();
+            Carried::forget_restored();
             let node = match catch_unwind(AssertUnwindSafe(make_node)) {
                 Ok(Ok(node)) => node,
                 Ok(Err(e)) => {
                     Taken::forget_restored();
+                    Carried::forget_restored();
                     let _ = init_tx.send(Err(StartError::Install(e.into())));
                     return;
                 }
                 Err(panic) => {
                     Taken::forget_restored();
+                    Carried::forget_restored();
                     let why = panic_message(&panic);
                     let _ = init_tx.send(Err(StartError::Install(why.into())));
                     return;
