@@ -11,28 +11,57 @@ use common::models::{bb_behaviour, bytes_value, compile, install, send_value, Pi
 use common::{connect, memory_swarm, run_for, until};
 use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
+use libp2p::Swarm;
+
+/// One envelope in flight at a time, so the others wait in the queue;
+/// wire deadlines off, as the sender is stopped mid-request.
+fn sender_config() -> Config {
+    Config::default()
+        .with_max_envelopes_in_flight(1)
+        .with_wire_deadlines(false)
+}
+
+/// A Ping sender A and receiver B, connected, and A's key.
+async fn pair(
+    model: &bytesandbrains::proto::onnx::ModelProto,
+    targets: &[String],
+) -> (Swarm<Behaviour>, Swarm<Behaviour>, Keypair) {
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let mut a = memory_swarm(
+        ka.clone(),
+        bb_behaviour(&ka, model, &[&targets[0]], sender_config()),
+    );
+    let mut b = memory_swarm(
+        kb.clone(),
+        bb_behaviour(&kb, model, &[&targets[1]], Config::default()),
+    );
+    connect(&mut a, &mut b).await;
+    (a, b, ka)
+}
+
+/// A's behaviour restarted from `snapshot`: the same identity and model.
+fn restarted(
+    key: &Keypair,
+    model: &bytesandbrains::proto::onnx::ModelProto,
+    target: &str,
+    snapshot: bb_libp2p::NodeSnapshot,
+) -> Behaviour {
+    let (key, model, target) = (key.clone(), model.clone(), target.to_string());
+    Behaviour::new(
+        move || {
+            let mut node = install(&key, &model, &[&target]);
+            Behaviour::restore(&mut node, snapshot).map(|()| node)
+        },
+        sender_config(),
+    )
+    .expect("restore")
+}
 
 #[tokio::test(flavor = "current_thread")]
 async fn unacknowledged_envelopes_survive_a_restart_and_arrive_once() {
     let (model, targets) = compile(Ping);
-    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    // One envelope in flight at a time, so the others wait in the queue;
-    // wire deadlines off, as the sender is stopped mid-request.
-    let config = || {
-        Config::default()
-            .with_max_envelopes_in_flight(1)
-            .with_wire_deadlines(false)
-    };
-    let mut a = memory_swarm(
-        ka.clone(),
-        bb_behaviour(&ka, &model, &[&targets[0]], config()),
-    );
-    let mut b = memory_swarm(
-        kb.clone(),
-        bb_behaviour(&kb, &model, &[&targets[1]], Config::default()),
-    );
+    let (mut a, mut b, ka) = pair(&model, &targets).await;
     let pb = *b.local_peer_id();
-    connect(&mut a, &mut b).await;
     let values: Vec<Vec<u8>> = (1..=3u8).map(|n| vec![n; 4]).collect();
     for value in &values {
         send_value(&a.behaviour().handle(), &targets[0], pb, value);
@@ -66,17 +95,7 @@ async fn unacknowledged_envelopes_survive_a_restart_and_arrive_once() {
     drop(a);
 
     // The restarted sender: same identity and model, the snapshot's state.
-    let (key, restarted_model, target) = (ka.clone(), model.clone(), targets[0].clone());
-    let restarted = Behaviour::new(
-        move || {
-            let mut node = install(&key, &restarted_model, &[&target]);
-            Behaviour::restore(&mut node, snapshot).map(|()| node)
-        },
-        config(),
-    )
-    .expect("restore");
-
-    let mut a = memory_swarm(ka.clone(), restarted);
+    let mut a = memory_swarm(ka.clone(), restarted(&ka, &model, &targets[0], snapshot));
     // It dials B for the envelopes it sends again on its first poll.
     let b_addr = b.listeners().next().cloned().expect("B listens");
     a.add_peer_address(pb, b_addr);
@@ -126,22 +145,8 @@ async fn unacknowledged_envelopes_survive_a_restart_and_arrive_once() {
 #[tokio::test(flavor = "current_thread")]
 async fn carried_envelopes_that_fail_again_are_unconfirmed() {
     let (model, targets) = compile(Ping);
-    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    let config = || {
-        Config::default()
-            .with_max_envelopes_in_flight(1)
-            .with_wire_deadlines(false)
-    };
-    let mut a = memory_swarm(
-        ka.clone(),
-        bb_behaviour(&ka, &model, &[&targets[0]], config()),
-    );
-    let mut b = memory_swarm(
-        kb.clone(),
-        bb_behaviour(&kb, &model, &[&targets[1]], Config::default()),
-    );
+    let (mut a, mut b, ka) = pair(&model, &targets).await;
     let pb = *b.local_peer_id();
-    connect(&mut a, &mut b).await;
     for n in 1..=2u8 {
         send_value(&a.behaviour().handle(), &targets[0], pb, &[n; 4]);
     }
@@ -158,16 +163,7 @@ async fn carried_envelopes_that_fail_again_are_unconfirmed() {
     drop(a);
 
     // Restarted where no address for B is known: the dial finds none.
-    let (key, restarted_model, target) = (ka.clone(), model.clone(), targets[0].clone());
-    let restarted = Behaviour::new(
-        move || {
-            let mut node = install(&key, &restarted_model, &[&target]);
-            Behaviour::restore(&mut node, snapshot).map(|()| node)
-        },
-        config(),
-    )
-    .expect("restore");
-    let mut a = memory_swarm(ka.clone(), restarted);
+    let mut a = memory_swarm(ka.clone(), restarted(&ka, &model, &targets[0], snapshot));
     let mut failures = Vec::new();
     until(
         &mut [&mut a],
