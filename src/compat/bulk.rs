@@ -46,6 +46,7 @@ use bb_runtime::syscall::values::{BytesValue, PeerIdVecValue};
 
 use super::dispatch;
 use super::sites::is_wire;
+use super::unresolved::{peer_list, PEER_INPUTS};
 use crate::transfer::plan::Payload;
 
 /// What a mark starts with: eight bytes drawn at random once per process,
@@ -171,19 +172,12 @@ impl SlotValue for Encoded {
 /// where the engine looks for them), or a byte value too small to keep
 /// aside.
 fn left_alone(index: usize, name: &str, value: &dyn SlotValue) -> bool {
-    let addresses = name.ends_with("_suffix")
-        || matches!(
-            name,
-            "dest" | "dest_peer" | "peer" | "peers" | "peer_id" | "req_id"
-        );
-    let value = value.as_any();
-    let bytes = value.downcast_ref::<BytesValue>();
-    addresses
-        || value.is::<PeerIdVecValue>()
-        || bytes.is_some_and(|bytes| {
-            bytes.0.len() < BULK_FROM
-                || (index == 1 && bincode::deserialize::<PeerIdVecValue>(&bytes.0).is_ok())
-        })
+    let addresses = name.ends_with("_suffix") || name == "req_id" || PEER_INPUTS.contains(&name);
+    let any = value.as_any();
+    let small = any
+        .downcast_ref::<BytesValue>()
+        .is_some_and(|bytes| bytes.0.len() < BULK_FROM);
+    addresses || small || any.is::<PeerIdVecValue>() || (index == 1 && peer_list(value).is_some())
 }
 
 /// `value` encoded, and kept aside behind a mark if large. `None` if it

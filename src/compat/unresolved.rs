@@ -34,7 +34,7 @@ use super::sites::is_wire;
 
 const WRAPPER: &str = "unresolved";
 /// The input names `wire.Send` reads its destinations from first.
-const PEER_INPUTS: [&str; 5] = ["dest", "dest_peer", "peer", "peers", "peer_id"];
+pub(super) const PEER_INPUTS: [&str; 5] = ["dest", "dest_peer", "peer", "peers", "peer_id"];
 
 /// Routes every `wire.Send` of `graph` through [`resolving_peers`].
 pub(crate) fn resolve_sends(graph: &mut GraphSlot) {
@@ -76,20 +76,24 @@ fn resolving_peers(
 /// with a peer name holding a peer list, else the second input (where
 /// `g.net_out` puts the list). Borrowed unless they come encoded.
 fn destinations<'a>(inputs: &[(&str, &'a dyn SlotValue)]) -> Cow<'a, [EnginePeerId]> {
-    let decode = |value: &'a dyn SlotValue| -> Option<Cow<'a, [EnginePeerId]>> {
-        let any = value.as_any();
-        if let Some(peers) = any.downcast_ref::<PeerIdVecValue>() {
-            return Some(Cow::Borrowed(&peers.0));
-        }
-        let bytes = any.downcast_ref::<BytesValue>()?;
-        bincode::deserialize::<PeerIdVecValue>(&bytes.0)
-            .ok()
-            .map(|p| Cow::Owned(p.0))
-    };
     inputs
         .iter()
         .filter(|(name, _)| PEER_INPUTS.contains(name))
-        .find_map(|(_, value)| decode(*value))
-        .or_else(|| inputs.get(1).and_then(|(_, value)| decode(*value)))
+        .find_map(|(_, value)| peer_list(*value))
+        .or_else(|| inputs.get(1).and_then(|(_, value)| peer_list(*value)))
         .unwrap_or_default()
+}
+
+/// The peers `value` holds, if `wire.Send` reads it as a peer list: a
+/// `PeerIdVecValue`, or one encoded in a `BytesValue` (as an `invoke`
+/// input arrives). Borrowed unless encoded.
+pub(super) fn peer_list(value: &dyn SlotValue) -> Option<Cow<'_, [EnginePeerId]>> {
+    let any = value.as_any();
+    if let Some(peers) = any.downcast_ref::<PeerIdVecValue>() {
+        return Some(Cow::Borrowed(&peers.0));
+    }
+    let bytes = any.downcast_ref::<BytesValue>()?;
+    bincode::deserialize::<PeerIdVecValue>(&bytes.0)
+        .ok()
+        .map(|p| Cow::Owned(p.0))
 }
