@@ -36,6 +36,8 @@
 mod common;
 #[path = "data_path/one_way.rs"]
 mod one_way;
+#[path = "data_path/ping_pair.rs"]
+mod ping_pair;
 #[path = "data_path/pipelined.rs"]
 mod pipelined;
 

@@ -7,8 +7,8 @@
 
 use libp2p_stream::Control;
 
+use super::ping_pair::PingPair;
 use super::*;
-use common::models::Ping;
 
 /// The value's size.
 pub(crate) const ONE_WAY_BYTES: usize = 64 << 20;
@@ -18,32 +18,18 @@ const RAW_STREAM: StreamProtocol = StreamProtocol::new("/bb-libp2p-bench/stream/
 /// How much the raw side writes at once.
 const RAW_WRITE: usize = 1 << 20;
 
-/// Two connected bb-libp2p swarms: A sends with `Ping`, B receives.
+/// A [`PingPair`] and the value A sends, tagged with its number.
 pub(crate) struct BbOneWay {
-    a: Swarm<Behaviour>,
-    b: Swarm<Behaviour>,
-    node_a: NodeHandle,
-    sender: String,
-    peers: Vec<u8>,
+    pair: PingPair,
     x: Vec<u8>,
     sent: u64,
 }
 
 impl BbOneWay {
     pub(crate) async fn new() -> Self {
-        let (model, targets) = compile(Ping);
-        let (mut a, mut b) = (
-            bb_swarm(&model, &[&targets[0]]),
-            bb_swarm(&model, &[&targets[1]]),
-        );
-        connect(&mut a, &mut b).await;
         Self {
-            peers: bb_libp2p::values::peers(&[*b.local_peer_id()]),
+            pair: PingPair::new().await,
             x: bb_libp2p::values::bytes(&vec![0; ONE_WAY_BYTES]),
-            sender: targets[0].clone(),
-            node_a: a.behaviour().handle(),
-            a,
-            b,
             sent: 0,
         }
     }
@@ -55,13 +41,14 @@ impl BbOneWay {
             self.sent += 1;
             self.x[8..16].copy_from_slice(&self.sent.to_le_bytes());
             let x = std::mem::take(&mut self.x);
-            let (sender, peers) = (self.sender.clone(), self.peers.clone());
-            let mut invoked = Box::pin(self.node_a.with_node(move |node| {
+            let pair = &mut self.pair;
+            let (sender, peers) = (pair.sender.clone(), pair.peers.clone());
+            let mut invoked = Box::pin(pair.node_a.with_node(move |node| {
                 node.invoke(&sender, &[("peers", &peers), ("x", &x)])
                     .expect("invoke");
                 x
             }));
-            let (a, b) = (&mut self.a, &mut self.b);
+            let (a, b) = (&mut pair.a, &mut pair.b);
             let (mut back, mut acked, mut output) = (None, false, false);
             within(
                 LARGE_TIMEOUT,

@@ -7,8 +7,8 @@
 //! queued; the raw side keeps the same 50 requests in flight. Same
 //! transport, same process.
 
+use super::ping_pair::PingPair;
 use super::*;
-use common::models::Ping;
 
 /// Values in flight at once (the behaviour's default in-flight bound).
 pub(crate) const IN_FLIGHT: usize = 256;
@@ -20,30 +20,16 @@ const VALUE_BYTES: usize = 1024;
 /// peer by default.
 const RAW_WINDOW: usize = 50;
 
-/// Two connected bb-libp2p swarms: A sends with `Ping`, B receives.
+/// A [`PingPair`] and the number of values A has sent.
 pub(crate) struct BbPipelined {
-    a: Swarm<Behaviour>,
-    b: Swarm<Behaviour>,
-    node_a: NodeHandle,
-    sender: String,
-    peers: Vec<u8>,
+    pair: PingPair,
     sent: u64,
 }
 
 impl BbPipelined {
     pub(crate) async fn new() -> Self {
-        let (model, targets) = compile(Ping);
-        let (mut a, mut b) = (
-            bb_swarm(&model, &[&targets[0]]),
-            bb_swarm(&model, &[&targets[1]]),
-        );
-        connect(&mut a, &mut b).await;
         Self {
-            peers: bb_libp2p::values::peers(&[*b.local_peer_id()]),
-            sender: targets[0].clone(),
-            node_a: a.behaviour().handle(),
-            a,
-            b,
+            pair: PingPair::new().await,
             sent: 0,
         }
     }
@@ -54,8 +40,9 @@ impl BbPipelined {
         for _ in 0..iters {
             let first = self.sent;
             self.sent += IN_FLIGHT as u64;
-            let (sender, peers) = (self.sender.clone(), self.peers.clone());
-            let mut invoked = Box::pin(self.node_a.with_node(move |node| {
+            let pair = &mut self.pair;
+            let (sender, peers) = (pair.sender.clone(), pair.peers.clone());
+            let mut invoked = Box::pin(pair.node_a.with_node(move |node| {
                 let mut value = vec![0u8; VALUE_BYTES];
                 for n in first..first + IN_FLIGHT as u64 {
                     value[..8].copy_from_slice(&n.to_le_bytes());
@@ -64,7 +51,7 @@ impl BbPipelined {
                         .expect("invoke");
                 }
             }));
-            let (a, b) = (&mut self.a, &mut self.b);
+            let (a, b) = (&mut pair.a, &mut pair.b);
             let (mut invoked_all, mut acked) = (false, 0);
             within(
                 ROUND_TRIP_TIMEOUT,
