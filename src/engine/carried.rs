@@ -43,12 +43,7 @@ fn digest(envelope: &WireEnvelope) -> Digest {
     *blake3::hash(&envelope.encode_to_vec()).as_bytes()
 }
 
-/// The digests of `envelopes`, one after the other.
-fn encode(envelopes: &[WireEnvelope]) -> Vec<u8> {
-    envelopes.iter().flat_map(digest).collect()
-}
-
-/// The digests [`encode`] wrote.
+/// The digests [`Carried::digests`] wrote.
 fn decode(bytes: &[u8]) -> Carried {
     let digests = bytes
         .chunks_exact(32)
@@ -58,10 +53,16 @@ fn decode(bytes: &[u8]) -> Carried {
 }
 
 impl Carried {
-    /// Records `envelopes` in `snapshot` as carried.
-    pub(crate) fn save(envelopes: &[WireEnvelope], snapshot: &mut NodeSnapshot) {
-        let bytes = encode(envelopes);
-        snapshot.transient.wire_states.insert(SNAPSHOT_KEY, bytes);
+    /// What [`Carried::save`] records of `envelopes`: their digests, one
+    /// after the other.
+    pub(crate) fn digests(envelopes: &[WireEnvelope]) -> Vec<u8> {
+        envelopes.iter().flat_map(digest).collect()
+    }
+
+    /// Records envelopes, by their [`Carried::digests`], in `snapshot` as
+    /// carried.
+    pub(crate) fn save(digests: Vec<u8>, snapshot: &mut NodeSnapshot) {
+        snapshot.transient.wire_states.insert(SNAPSHOT_KEY, digests);
     }
 
     /// Takes the digests out of `snapshot` (so the engine never sees them)
@@ -109,7 +110,7 @@ mod tests {
 
     #[test]
     fn each_carried_envelope_is_recognised_once() {
-        let mut carried = decode(&encode(&[envelope(b"a"), envelope(b"b")]));
+        let mut carried = decode(&Carried::digests(&[envelope(b"a"), envelope(b"b")]));
         assert!(carried.was_carried(&envelope(b"a")));
         assert!(!carried.was_carried(&envelope(b"a")));
         assert!(!carried.was_carried(&envelope(b"c")));

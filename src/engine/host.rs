@@ -303,13 +303,13 @@ impl Host {
             return Err(SnapshotFailed::TooManyUnacknowledged { held, cap });
         }
         let before = queue.drain_all();
-        let carried = unacknowledged.clone();
+        let carried = Carried::digests(&unacknowledged);
         for envelope in before.iter().cloned().chain(unacknowledged) {
             queue.push(envelope);
         }
         let snapshot = self.node.snapshot().map(|mut snapshot| {
             self.taken.save(&mut snapshot);
-            Carried::save(&carried, &mut snapshot);
+            Carried::save(carried, &mut snapshot);
             snapshot
         });
         let snapshot = snapshot.map_err(SnapshotFailed::Engine);
