@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use bb_runtime::envelope::WireEnvelope;
 use libp2p::PeerId;
-
 use prost::Message;
 
 use crate::progress::Progress;
@@ -65,9 +64,7 @@ impl Outgoing {
             plan: None,
         }
     }
-}
 
-impl Outgoing {
     /// About its encoded size (a transfer's: its header and payloads).
     pub(crate) fn size(&self) -> usize {
         match &self.plan {
