@@ -17,6 +17,7 @@ pub(crate) struct PingPair {
 }
 
 impl PingPair {
+    /// Compiles `Ping`, builds both swarms and connects them.
     pub(crate) async fn new() -> Self {
         let (model, targets) = compile(Ping);
         let (mut a, mut b) = (
